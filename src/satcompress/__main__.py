@@ -1,0 +1,3 @@
+from satcompress.cli import main
+
+raise SystemExit(main())

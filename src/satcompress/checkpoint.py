@@ -1,0 +1,95 @@
+"""Load a trained model back from its weights file and card, safely (no unpickling)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from satcompress.models import create_model
+from satcompress.preprocess import InputSpec
+from satcompress.utils.io import read_json
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A model with what is needed to prepare its inputs and check its classes."""
+
+    model: nn.Module
+    input_spec: InputSpec
+    card: dict[str, Any]
+    weights_path: Path
+
+
+def find_card(weights: Path) -> Path | None:
+    """The card beside a weights file: ``model.json`` for ``model.safetensors``."""
+    card = weights.with_suffix(".json")
+    return card if card.is_file() else None
+
+
+def load_trained(
+    path: str | Path,
+    *,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+    input_spec: InputSpec | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> TrainedModel:
+    """Rebuild a trained model from a run directory or a weights file.
+
+    The card (``model.json`` beside ``model.safetensors``, or any ``<weights>.json`` with
+    ``mean``/``std``/``classes`` such as the shared model's) supplies the architecture,
+    classes and normalisation; explicit arguments override it.
+
+    Args:
+        path: A run directory (holding ``model.safetensors``) or a weights file.
+        model_name: Registry name, if the card does not give it.
+        num_classes: Class count, if the card does not give it.
+        input_spec: Input resolution/normalisation, overriding the card's.
+        model_kwargs: Builder arguments, overriding the card's.
+
+    Returns:
+        A :class:`TrainedModel` in eval mode.
+
+    Raises:
+        FileNotFoundError: If no weights file is found.
+        ValueError: If the architecture or class count cannot be determined.
+    """
+    path = Path(path)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(f"no weights file at {weights}")
+    card_path = find_card(weights)
+    card = read_json(card_path) if card_path else {}
+    name = model_name or card.get("model") or _name_from_arch(card)
+    classes = card.get("classes")
+    count = num_classes or card.get("num_classes") or (len(classes) if classes else None)
+    if not name or not count:
+        raise ValueError(
+            f"cannot tell the architecture or class count of {weights}: pass --model NAME and "
+            "--num-classes N (or keep its model.json card beside it)"
+        )
+    spec = input_spec or _spec_from_card(card)
+    kwargs = {**card.get("model_kwargs", {}), **(model_kwargs or {})}
+    model = create_model(name, int(count), weights=str(weights), **kwargs).eval()
+    card = {**card, "model": name, "num_classes": int(count)}
+    return TrainedModel(model, spec, card, weights)
+
+
+def _spec_from_card(card: dict[str, Any]) -> InputSpec:
+    if "input" in card:
+        return InputSpec.from_dict(card["input"])
+    if "mean" in card and "std" in card:
+        return InputSpec(mean=tuple(card["mean"]), std=tuple(card["std"]))
+    return InputSpec()
+
+
+def _name_from_arch(card: dict[str, Any]) -> str | None:
+    """Recognise cards that describe a torchvision architecture in words."""
+    arch = str(card.get("arch", ""))
+    for name in ("resnet18", "mobilenet_v2", "efficientnet_v2_s"):
+        if name in arch:
+            return name
+    return None

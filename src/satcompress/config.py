@@ -1,0 +1,86 @@
+"""Serialisable dataclass configs.
+
+Every stage (training, evaluation, and later distillation, pruning, quantization, search)
+is configured by a small dataclass that validates itself and round-trips through a plain
+dict, so the exact recipe of every result can be stored in its record and rebuilt later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+@dataclasses.dataclass
+class Config:
+    """Base class: dict/YAML round-trip plus a ``validate`` hook run on creation."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` if a field is invalid. Subclasses override."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable dict of the fields (paths become strings)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[C], values: dict[str, Any]) -> C:
+        """Build a config from a dict, refusing unknown keys by name."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown {cls.__name__} option(s): {', '.join(unknown)}; "
+                f"valid options are: {', '.join(sorted(names))}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls: type[C], path: str | Path, **overrides: Any) -> C:
+        """Load a YAML file of options, then apply ``overrides`` (for example CLI flags)."""
+        values = load_yaml(path)
+        values.update(overrides)
+        return cls.from_dict(values)
+
+    def replace(self: C, **changes: Any) -> C:
+        """Copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of option: value, not {type(values).__name__}")
+    return values
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

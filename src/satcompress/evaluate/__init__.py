@@ -1,0 +1,32 @@
+"""Evaluation: metrics, cost (params, MACs, latency) and the shared result record."""
+
+from satcompress.evaluate.evaluate import evaluate, predict_onnx
+from satcompress.evaluate.metrics import classification_metrics
+from satcompress.evaluate.profile import (
+    LatencyConfig,
+    count_macs,
+    count_params,
+    cpu_description,
+    measure_latency,
+)
+from satcompress.evaluate.record import (
+    RECORD_SCHEMA,
+    REQUIRED_KEYS,
+    RecordList,
+    validate_record,
+)
+
+__all__ = [
+    "RECORD_SCHEMA",
+    "REQUIRED_KEYS",
+    "LatencyConfig",
+    "RecordList",
+    "classification_metrics",
+    "count_macs",
+    "count_params",
+    "cpu_description",
+    "evaluate",
+    "measure_latency",
+    "predict_onnx",
+    "validate_record",
+]

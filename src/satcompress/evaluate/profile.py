@@ -1,0 +1,124 @@
+"""Model cost: parameters, MACs, and ONNX Runtime latency on the CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from satcompress.artifact.onnx import make_session, run_session
+from satcompress.config import Config, ConfigError
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (unique tensors)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int]) -> int:
+    """Multiply-accumulates of one forward pass at batch size 1.
+
+    Uses PyTorch's own ``FlopCounterMode`` (convolutions, matmuls and attention counted at
+    the aten level, so ViTs are counted too); MACs = FLOPs / 2.
+    """
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, *input_size))
+    model.train(was_training)
+    return int(counter.get_total_flops() // 2)
+
+
+@dataclasses.dataclass
+class LatencyConfig(Config):
+    """How latency is measured in ONNX Runtime.
+
+    Attributes:
+        batch_sizes: Batch sizes to time (the record keeps ``bs<N>`` medians).
+        threads: Intra-op threads (``None`` = all cores of this machine).
+        warmup: Untimed runs before timing.
+        runs: Timed runs at batch size 1 (larger batches get proportionally fewer, min 10).
+    """
+
+    batch_sizes: tuple[int, ...] = (1, 64)
+    threads: int | None = None
+    warmup: int = 10
+    runs: int = 100
+
+    def validate(self) -> None:
+        """Check ranges."""
+        self.batch_sizes = tuple(int(b) for b in self.batch_sizes)
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ConfigError(f"batch_sizes must be positive, got {self.batch_sizes}")
+        if self.runs < 3 or self.warmup < 0:
+            raise ConfigError("latency needs runs >= 3 and warmup >= 0")
+
+
+def measure_latency(
+    onnx_path: str | Path,
+    image_size: tuple[int, int],
+    config: LatencyConfig | None = None,
+    session: ort.InferenceSession | None = None,
+) -> dict[str, Any]:
+    """Median and p90 latency of an ONNX file in ONNX Runtime on the CPU.
+
+    Args:
+        onnx_path: The model file (uint8 input).
+        image_size: (height, width) of its input images.
+        config: Batch sizes, threads, warm-up and run counts.
+        session: An existing session to reuse (must match ``config.threads``).
+
+    Returns:
+        ``{"bs1": {"median_ms", "p90_ms", "runs"}, ..., "threads", "runtime", "cpu"}``.
+    """
+    config = config or LatencyConfig()
+    session = session or make_session(onnx_path, config.threads)
+    rng = np.random.default_rng(0)
+    result: dict[str, Any] = {}
+    for batch in config.batch_sizes:
+        images = rng.integers(0, 256, (batch, 3, *image_size), dtype=np.uint8)
+        runs = max(10, config.runs // max(1, batch // 8)) if batch > 1 else config.runs
+        for _ in range(config.warmup if batch == 1 else max(2, config.warmup // 4)):
+            run_session(session, images)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            run_session(session, images)
+            times.append((time.perf_counter() - start) * 1e3)
+        result[f"bs{batch}"] = {
+            "median_ms": round(float(np.median(times)), 4),
+            "p90_ms": round(float(np.percentile(times, 90)), 4),
+            "runs": runs,
+        }
+    result["threads"] = session.get_session_options().intra_op_num_threads
+    result["runtime"] = f"onnxruntime {ort.__version__} CPUExecutionProvider"
+    result["cpu"] = cpu_description()
+    return result
+
+
+def cpu_description() -> dict[str, Any]:
+    """CPU model, core count and the SIMD flags that decide int8/fp32 speed."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            break
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8")
+    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}

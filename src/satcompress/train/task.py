@@ -1,0 +1,151 @@
+"""The Lightning training task shared by every stage that fine-tunes a model.
+
+Training from scratch, fine-tuning, and later distillation, pruning fine-tuning and QAT all
+run through :class:`ClassificationTask`; they differ only in the model they pass and the
+loss they plug in (see :class:`SupervisedLoss`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import lightning as L
+import torch
+from torch import nn
+
+from satcompress.preprocess import AugmentConfig, BatchAugment, InputSpec, Preprocess
+from satcompress.train.config import TrainConfig
+
+
+class TrainingLoss(Protocol):
+    """A loss the task can plug in.
+
+    It receives the student's logits, the labels, and the augmented uint8 images, so a
+    distillation loss can run its teacher on the same images prepared the teacher's way.
+    """
+
+    def __call__(
+        self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor
+    ) -> torch.Tensor:
+        """Return a scalar loss."""
+        ...
+
+
+class SupervisedLoss(nn.Module):
+    """Cross-entropy on the hard labels, with optional label smoothing."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor
+    ) -> torch.Tensor:
+        """Cross-entropy of ``logits`` against ``labels`` (``images`` unused)."""
+        return self.criterion(logits, labels)
+
+
+class ClassificationTask(L.LightningModule):
+    """Image classification on uint8 batches: augment, preprocess, forward, loss, metrics.
+
+    Args:
+        model: Any ``nn.Module`` mapping (B, 3, H, W) floats to (B, num_classes) logits.
+        input_spec: The model's input resolution and normalisation.
+        config: Optimiser, schedule and augmentation settings.
+        num_classes: Number of classes (for the per-class metrics).
+        loss: Training loss; default cross-entropy with the config's label smoothing.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_spec: InputSpec,
+        config: TrainConfig,
+        num_classes: int,
+        loss: TrainingLoss | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.preprocess = Preprocess(input_spec)
+        self.augment = BatchAugment(config.augment if config else AugmentConfig())
+        self.config = config
+        self.num_classes = num_classes
+        self.loss = loss if loss is not None else SupervisedLoss(config.label_smoothing)
+        self._memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a uint8 batch."""
+        return self.model(self._prepare(images))
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return self.preprocess(images).contiguous(memory_format=self._memory_format)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Augment the uint8 batch, then one optimisation step's loss."""
+        images, labels = batch
+        images = self.augment(images)
+        logits = self.model(self._prepare(images))
+        loss = self.loss(logits, labels, images)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {self.global_step}; lower the "
+                "learning rate or check the inputs"
+            )
+        acc = (logits.argmax(1) == labels).float().mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/acc", acc, prog_bar=False, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Accumulate validation loss and accuracy (summed over devices)."""
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Accumulate test loss and accuracy."""
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        loss = nn.functional.cross_entropy(logits, labels)
+        acc = (logits.argmax(1) == labels).float().mean()
+        size = labels.shape[0]
+        self.log(f"{stage}/loss", loss, batch_size=size, sync_dist=True)
+        self.log(f"{stage}/acc", acc, batch_size=size, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> dict:
+        """Optimiser and per-step learning-rate schedule from the config."""
+        cfg = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+            )
+        else:
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = _make_schedule(optimizer, cfg, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _make_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=max(cfg.warmup, 1e-3)
+        )
+    warmup = int(cfg.warmup * total_steps)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup))
+        )
+
+    def cosine_with_warmup(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)

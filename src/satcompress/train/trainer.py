@@ -1,0 +1,301 @@
+"""``train()``: one call from a config to a trained model saved in a run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+
+from satcompress.config import ConfigError
+from satcompress.data import SceneDataModule, SceneDataset, load_dataset
+from satcompress.models import create_model, model_info
+from satcompress.models.weights import save_weights
+from satcompress.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from satcompress.train.config import TrainConfig
+from satcompress.train.task import ClassificationTask, TrainingLoss
+from satcompress.utils.io import atomic_write_bytes, atomic_write_json, file_digest
+
+log = logging.getLogger(__name__)
+
+CARD_FORMAT = "satcompress.card/1"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: The trained model (best validation epoch; EMA weights when enabled).
+        input_spec: Its input resolution and normalisation.
+        run_dir: Where config, split files, checkpoints, weights and card were written.
+        weights_path: The safetensors weights file.
+        card: The model card (also saved as ``model.json``).
+        summary: Timing and validation figures (also saved as ``train_summary.json``).
+        dataset: The dataset it was trained on.
+        is_global_zero: False in the other processes of a multi-process run.
+    """
+
+    model: nn.Module
+    input_spec: InputSpec
+    run_dir: Path
+    weights_path: Path
+    card: dict[str, Any]
+    summary: dict[str, Any]
+    dataset: SceneDataset
+    is_global_zero: bool = True
+
+
+class ThroughputMonitor(Callback):
+    """Times training (data loading and steps, not validation) and counts its images.
+
+    Lightning runs validation inside the training epoch, so the clock advances from the
+    epoch start to each batch end, and restarts at every epoch start.
+    """
+
+    def __init__(self) -> None:
+        self.epoch_seconds: list[float] = []
+        self.images = 0
+        self._last = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the epoch clock."""
+        self._last = time.perf_counter()
+        self.epoch_seconds.append(0.0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+        now = time.perf_counter()
+        self.epoch_seconds[-1] += now - self._last
+        self._last = now
+        self.images += int(batch[1].shape[0])
+
+    @property
+    def images_per_second(self) -> float:
+        """Training images per second over all epochs (one process)."""
+        total = sum(self.epoch_seconds)
+        return self.images / total if total else 0.0
+
+
+def resolve_input_spec(config: TrainConfig, dataset: SceneDataset) -> InputSpec:
+    """Work out the model's input resolution and normalisation from the config.
+
+    Args:
+        config: The run's configuration (``normalize``, ``mean``/``std``, ``input_size``).
+        dataset: The loaded dataset (for train-split statistics and image size).
+
+    Returns:
+        The :class:`InputSpec` the model is trained and exported with.
+    """
+    info = model_info(config.model) if not config.model.startswith("timm/") else None
+    if config.normalize == "custom":
+        mean, std = config.mean, config.std
+    elif config.normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif config.normalize == "model":
+        mean = info.pretrained_mean if info else IMAGENET_MEAN
+        std = info.pretrained_std if info else IMAGENET_STD
+    else:
+        mean, std = dataset.channel_stats()
+        mean, std = tuple(round(v, 6) for v in mean), tuple(round(v, 6) for v in std)
+    size = config.input_size
+    if size is None and info is not None and info.default_image_size is not None:
+        size = config.model_kwargs.get("img_size", info.default_image_size)
+    return InputSpec(size=size, mean=mean, std=std)
+
+
+def load_config_dataset(config: TrainConfig, progress: bool = True) -> SceneDataset:
+    """Load the dataset a config names."""
+    return load_dataset(
+        config.dataset,
+        config.data_dir,
+        split_dir=config.split_dir,
+        download=config.download,
+        image_size=config.image_size,
+        skip_bad_files=config.skip_bad_files,
+        seed=config.seed,
+        progress=progress,
+    )
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    model: nn.Module | None = None,
+    dataset: SceneDataset | None = None,
+    loss: TrainingLoss | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: list[Callback] | None = None,
+) -> TrainResult:
+    """Train a classifier as ``config`` says and save everything in ``run_dir``.
+
+    The run directory receives ``config.yaml`` (the resolved configuration), the split
+    files actually used, Lightning checkpoints (``checkpoints/last.ckpt`` for ``resume``),
+    ``model.safetensors`` (best validation weights) with its card ``model.json``, metrics
+    logs and ``train_summary.json``.
+
+    Args:
+        config: What to train and how.
+        run_dir: Output folder. Refused if it already holds a run, unless ``resume``.
+        model: Your own ``nn.Module`` instead of ``config.model`` from the registry.
+        dataset: An already loaded dataset (skips loading ``config.dataset``).
+        loss: A training loss to plug in (e.g. distillation); default cross-entropy.
+        resume: Continue an interrupted run from ``run_dir/checkpoints/last.ckpt``.
+        progress: Show progress bars.
+        callbacks: Extra Lightning callbacks.
+
+    Returns:
+        A :class:`TrainResult` with the trained model and where things were written.
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last_ckpt = ckpt_dir / "last.ckpt"
+    _prepare_run_dir(config, run_dir, resume, last_ckpt)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+
+    dataset = dataset or load_config_dataset(config, progress)
+    dataset.write_split_files(run_dir / "splits")
+    spec = resolve_input_spec(config, dataset)
+    if model is None:
+        model = create_model(
+            config.model,
+            len(dataset.classes),
+            pretrained=config.pretrained,
+            weights=config.weights,
+            **config.model_kwargs,
+        )
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    task = ClassificationTask(model, spec, config, len(dataset.classes), loss=loss)
+    datamodule = SceneDataModule(
+        dataset,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        num_workers=config.num_workers,
+        seed=config.seed,
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max", save_last=True
+    )
+    throughput = ThroughputMonitor()
+    all_callbacks: list[Callback] = [checkpoint, throughput, *(callbacks or [])]
+    if config.ema_decay is not None:
+        all_callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        callbacks=all_callbacks,
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        default_root_dir=run_dir,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        limit_train_batches=config.limit_batches,
+        limit_val_batches=config.limit_batches,
+        deterministic=False,
+        log_every_n_steps=10,
+    )
+    started = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last_ckpt) if resume else None)
+    wall = time.perf_counter() - started
+
+    best = Path(checkpoint.best_model_path or last_ckpt)
+    _load_task_weights(model, best)
+    weights_path = run_dir / "model.safetensors"
+    summary = {
+        "epochs": config.epochs,
+        "wall_s": round(wall, 2),
+        "s_per_epoch": [round(s, 2) for s in throughput.epoch_seconds],
+        "train_img_per_s": round(throughput.images_per_second * trainer.world_size, 2),
+        "best_val_accuracy": _as_float(checkpoint.best_model_score),
+        "best_checkpoint": best.name,
+        "world_size": trainer.world_size,
+    }
+    card = make_card(config.model, config.model_kwargs, dataset, spec, config.to_dict())
+    card["val_accuracy"] = summary["best_val_accuracy"]
+    if trainer.is_global_zero:
+        save_weights(model, weights_path)
+        card["weights_sha256"] = file_digest(weights_path, "sha256")
+        atomic_write_json(run_dir / "model.json", card)
+        atomic_write_json(run_dir / "train_summary.json", summary)
+    model.eval()
+    return TrainResult(
+        model, spec, run_dir, weights_path, card, summary, dataset, trainer.is_global_zero
+    )
+
+
+def make_card(
+    model_name: str,
+    model_kwargs: dict[str, Any],
+    dataset: SceneDataset,
+    spec: InputSpec,
+    recipe: dict[str, Any],
+) -> dict[str, Any]:
+    """The model card saved beside a weights file: enough to rebuild and evaluate it."""
+    return {
+        "format": CARD_FORMAT,
+        "model": model_name,
+        "model_kwargs": dict(model_kwargs),
+        "num_classes": len(dataset.classes),
+        "classes": list(dataset.classes),
+        "input": spec.to_dict(),
+        "dataset": dataset.name,
+        "image_size": list(dataset.image_size),
+        "split_source": dataset.split_source,
+        "split_fingerprint": dataset.split_fingerprint,
+        "recipe": recipe,
+    }
+
+
+def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, last_ckpt: Path) -> None:
+    saved = run_dir / "config.yaml"
+    if resume:
+        if not last_ckpt.is_file():
+            raise ConfigError(f"nothing to resume: {last_ckpt} does not exist")
+        if saved.is_file():
+            _check_same_config(config, yaml.safe_load(saved.read_text()) or {}, saved)
+    elif last_ckpt.is_file() or (run_dir / "model.safetensors").is_file():
+        raise ConfigError(
+            f"{run_dir} already holds a training run; pass --resume to continue it or choose "
+            "another --run-dir"
+        )
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    atomic_write_bytes(saved, text.encode())
+
+
+def _check_same_config(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
+    current = config.to_dict()
+    ignored = {"limit_batches", "threads", "num_workers"}
+    changed = sorted(
+        k for k in set(current) | set(saved) if k not in ignored and current.get(k) != saved.get(k)
+    )
+    if changed:
+        raise ConfigError(
+            f"cannot resume with a different configuration than {path}: changed {', '.join(changed)}"
+        )
+
+
+def _load_task_weights(model: nn.Module, checkpoint_path: Path) -> None:
+    """Copy the ``model.*`` weights of a Lightning checkpoint into ``model`` (weights only)."""
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
+    prefix = "model."
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    model.load_state_dict(weights)
+
+
+def _as_float(value: Any) -> float | None:
+    return None if value is None else round(float(value), 6)
