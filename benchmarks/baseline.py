@@ -167,7 +167,9 @@ def main() -> None:
     for model in args.models:
         config = config_for(model, args)
         key = f"baseline-{run_key(config)}"
-        record = records.get_or_run(key, lambda c=config: train_and_evaluate(c, dataset, args.runs_dir))
+        record = records.get_or_run(
+            key, lambda c=config: train_and_evaluate(c, dataset, args.runs_dir)
+        )
         if "plain_loop_img_per_s" not in record:
             numbers = throughput(config, dataset, args.throughput_batches, args.throughput_rounds)
             record.update(throughput=numbers, plain_loop_img_per_s=numbers["plain_loop_img_per_s"])

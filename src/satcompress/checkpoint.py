@@ -29,6 +29,21 @@ def find_card(weights: Path) -> Path | None:
     return card if card.is_file() else None
 
 
+def weights_file(path: str | Path) -> Path:
+    """The weights file of a run directory (``model.safetensors``) or the file itself."""
+    path = Path(path)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(f"no weights file at {weights}")
+    return weights
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """The card of a run directory or weights file; empty if there is none."""
+    card = find_card(weights_file(path))
+    return read_json(card) if card else {}
+
+
 def load_trained(
     path: str | Path,
     *,
@@ -57,19 +72,15 @@ def load_trained(
         FileNotFoundError: If no weights file is found.
         ValueError: If the architecture or class count cannot be determined.
     """
-    path = Path(path)
-    weights = path / "model.safetensors" if path.is_dir() else path
-    if not weights.is_file():
-        raise FileNotFoundError(f"no weights file at {weights}")
-    card_path = find_card(weights)
-    card = read_json(card_path) if card_path else {}
+    weights = weights_file(path)
+    card = read_card(weights)
     name = model_name or card.get("model") or _name_from_arch(card)
     classes = card.get("classes")
     count = num_classes or card.get("num_classes") or (len(classes) if classes else None)
     if not name or not count:
         raise ValueError(
-            f"cannot tell the architecture or class count of {weights}: pass --model NAME and "
-            "--num-classes N (or keep its model.json card beside it)"
+            f"cannot tell the architecture of {weights}: pass --model NAME (or keep its "
+            "model.json card beside it)"
         )
     spec = input_spec or _spec_from_card(card)
     kwargs = {**card.get("model_kwargs", {}), **(model_kwargs or {})}

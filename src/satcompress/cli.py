@@ -37,9 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except KeyboardInterrupt:
-        print("interrupted; finished work is saved (rerun with --resume to continue)", file=sys.stderr)
+        print(
+            "interrupted; finished work is saved (rerun with --resume to continue)", file=sys.stderr
+        )
         return 130
-    except (ConfigError, FileNotFoundError, ValueError, _user_errors()) as err:
+    except (ConfigError, FileNotFoundError, ValueError, *_user_errors()) as err:
         print(f"satcompress: error: {err}", file=sys.stderr)
         return 2
 
@@ -62,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(handler=cmd_data_info)
 
-    train = commands.add_parser("train", help="train a classifier, then evaluate it in ONNX Runtime")
+    train = commands.add_parser(
+        "train", help="train a classifier, then evaluate it in ONNX Runtime"
+    )
     train.add_argument("--config", type=Path, help="YAML file of TrainConfig options")
     train.add_argument("--run-dir", type=Path, required=True, help="output folder of the run")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -160,8 +164,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = train_config_from_args(args)
     result = train(config, args.run_dir, resume=args.resume)
     summary = result.summary
-    print(f"trained {config.model}: best val accuracy {summary['best_val_accuracy']}, "
-          f"{summary['wall_s']} s, {summary['train_img_per_s']} train images/s")
+    print(
+        f"trained {config.model}: best val accuracy {summary['best_val_accuracy']}, "
+        f"{summary['wall_s']} s, {summary['train_img_per_s']} train images/s"
+    )
     if args.no_eval or not result.is_global_zero:
         return 0
     record = evaluate(
@@ -179,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``satcompress eval``."""
-    from satcompress.checkpoint import load_trained
+    from satcompress.checkpoint import load_trained, read_card
     from satcompress.data import load_dataset
     from satcompress.evaluate import LatencyConfig, evaluate
     from satcompress.preprocess import InputSpec
@@ -187,20 +193,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     path = args.checkpoint or args.weights
     if path is None:
         raise ConfigError("give the model to evaluate: --checkpoint RUN_DIR_OR_WEIGHTS")
-    loaded = load_trained(path, model_name=args.model)
-    spec = loaded.input_spec
-    if args.mean or args.std or args.input_size:
-        spec = InputSpec(
-            size=args.input_size or spec.size,
-            mean=tuple(args.mean or spec.mean),
-            std=tuple(args.std or spec.std),
-        )
-    card = loaded.card
+    card = read_card(path)
     recipe = card.get("recipe", {})
     dataset_name = args.dataset or card.get("dataset") or recipe.get("dataset")
     data_dir = args.data_dir or recipe.get("data_dir")
     if not dataset_name or not data_dir:
-        raise ConfigError("give --dataset and --data-dir (the checkpoint's card does not name them)")
+        raise ConfigError(
+            "give --dataset and --data-dir (the checkpoint's card does not name them)"
+        )
     dataset = load_dataset(
         dataset_name,
         data_dir,
@@ -210,12 +210,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         skip_bad_files=args.skip_bad_files,
     )
     _check_classes(card, dataset.classes, path)
+    loaded = load_trained(path, model_name=args.model, num_classes=len(dataset.classes))
+    spec = loaded.input_spec
+    if args.mean or args.std or args.input_size:
+        spec = InputSpec(
+            size=args.input_size or spec.size,
+            mean=tuple(args.mean or spec.mean),
+            std=tuple(args.std or spec.std),
+        )
     latency = None if args.no_latency else LatencyConfig(threads=args.threads)
     record = evaluate(
         loaded.model,
         dataset,
         spec,
-        model_name=card["model"],
+        model_name=loaded.card["model"],
         recipe={"stage": "eval", "weights": str(loaded.weights_path), **recipe},
         split=args.split,
         run_dir=args.run_dir,
@@ -256,15 +264,20 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def _print_info(info: dict[str, Any]) -> None:
+    table = info.get("per_split_per_class", {})
     for key, value in info.items():
-        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            print(f"{key}:")
-            columns = sorted({c for v in value.values() for c in v})
-            print("  " + f"{'':28s}" + "".join(f"{c:>10s}" for c in columns))
-            for row, cells in value.items():
-                print(f"  {row:28s}" + "".join(f"{cells.get(c, ''):>10}" for c in columns))
-        else:
+        if key != "per_split_per_class":
             print(f"{key}: {value}")
+    if table:
+        splits = list(table)
+        classes = list(next(iter(table.values())))
+        width = max(len(c) for c in [*classes, "class"]) + 2
+        print("\n" + "class".ljust(width) + "".join(f"{s:>8s}" for s in [*splits, "total"]))
+        for name in classes:
+            counts = [table[s].get(name, 0) for s in splits]
+            print(name.ljust(width) + "".join(f"{c:>8d}" for c in [*counts, sum(counts)]))
+        totals = [sum(table[s].values()) for s in splits]
+        print("total".ljust(width) + "".join(f"{c:>8d}" for c in [*totals, sum(totals)]))
 
 
 def _print_record(record: dict[str, Any]) -> None:

@@ -68,7 +68,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of option: value, not {type(values).__name__}")
+        raise ConfigError(
+            f"{path} must hold a mapping of option: value, not {type(values).__name__}"
+        )
     return values
 
 

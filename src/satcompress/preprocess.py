@@ -70,7 +70,9 @@ class Preprocess(nn.Module):
         """Normalise and, if needed, resize a batch of images."""
         x = (images.float() - self.mean) * self.inv_std
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=False)
+            x = F.interpolate(
+                x, size=self.size, mode="bilinear", align_corners=False, antialias=False
+            )
         return x
 
 

@@ -18,6 +18,8 @@ from satcompress.evaluate.record import RECORD_SCHEMA, environment, timestamp, v
 from satcompress.preprocess import InputSpec
 from satcompress.utils.io import atomic_write_json
 
+DEFAULT_LATENCY = LatencyConfig()
+
 
 def predict_onnx(
     onnx_path: str | Path,
@@ -58,7 +60,7 @@ def evaluate(
     recipe: dict[str, Any] | None = None,
     split: str = "test",
     run_dir: str | Path | None = None,
-    latency: LatencyConfig | None = LatencyConfig(),
+    latency: LatencyConfig | None = DEFAULT_LATENCY,
     batch_size: int = 64,
     extra: dict[str, Any] | None = None,
     progress: bool = True,

@@ -72,7 +72,9 @@ class ClassificationTask(L.LightningModule):
         self.config = config
         self.num_classes = num_classes
         self.loss = loss if loss is not None else SupervisedLoss(config.label_smoothing)
-        self._memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self._memory_format = (
+            torch.channels_last if config.channels_last else torch.contiguous_format
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a uint8 batch."""
@@ -81,7 +83,9 @@ class ClassificationTask(L.LightningModule):
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         return self.preprocess(images).contiguous(memory_format=self._memory_format)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         """Augment the uint8 batch, then one optimisation step's loss."""
         images, labels = batch
         images = self.augment(images)
@@ -120,13 +124,20 @@ class ClassificationTask(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.optimizer == "sgd":
             optimizer = torch.optim.SGD(
-                params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+                params,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                nesterov=True,
+                weight_decay=cfg.weight_decay,
             )
         else:
             optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = _make_schedule(optimizer, cfg, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 def _make_schedule(

@@ -200,7 +200,7 @@ def train(
         strategy=config.strategy,
         precision=config.precision,
         callbacks=all_callbacks,
-        logger=CSVLogger(run_dir, name="logs", version=""),
+        logger=CSVLogger(run_dir, name="logs"),  # a new version_N per attempt: nothing lost
         default_root_dir=run_dir,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -285,7 +285,8 @@ def _check_same_config(config: TrainConfig, saved: dict[str, Any], path: Path) -
     )
     if changed:
         raise ConfigError(
-            f"cannot resume with a different configuration than {path}: changed {', '.join(changed)}"
+            f"cannot resume with a different configuration than {path}: "
+            f"changed {', '.join(changed)}"
         )
 
 

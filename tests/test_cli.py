@@ -1,0 +1,145 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from satcompress.cli import main
+
+SHARED_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models"
+SHARED_CARD = SHARED_MODEL / "resnet18_eurosat64.json"
+SHARED_WEIGHTS = SHARED_MODEL / "resnet18_eurosat64.safetensors"
+
+
+def test_data_info_prints_counts(eurosat_root, capsys):
+    assert main(["data", "info", "--dataset", "eurosat", "--data-dir", str(eurosat_root)]) == 0
+    out = capsys.readouterr().out
+    assert "AnnualCrop" in out and "split_source" in out
+    assert (
+        main(["data", "info", "--dataset", "eurosat", "--data-dir", str(eurosat_root), "--json"])
+        == 0
+    )
+    info = json.loads(capsys.readouterr().out)
+    assert sum(info["counts"].values()) == 80
+
+
+def test_missing_data_gives_an_actionable_error_not_a_traceback(tmp_path, capsys):
+    code = main(["data", "info", "--dataset", "eurosat", "--data-dir", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "satcompress: error:" in err and "--download" in err
+    assert "Traceback" not in err
+
+
+def test_train_from_yaml_with_flag_override_then_eval(eurosat_root, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": "test_cnn",
+                "dataset": "eurosat",
+                "data_dir": str(eurosat_root),
+                "epochs": 5,
+                "batch_size": 16,
+                "ema_decay": None,
+                "augment": {"shift": 2},
+            }
+        )
+    )
+    run = tmp_path / "run"
+    args = ["train", "--config", str(config), "--run-dir", str(run), "--epochs", "2"]
+    assert main([*args, "--augment", "brightness=0.1", "--no-channels-last"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["epochs"] == 2 and saved["batch_size"] == 16
+    assert saved["augment"]["shift"] == 2 and saved["augment"]["brightness"] == 0.1
+    assert saved["channels_last"] is False
+    record = json.loads((run / "record.json").read_text())
+    assert record["recipe"]["epochs"] == 2 and record["model"] == "test_cnn"
+    assert record["size_bytes"] == (run / "model.onnx").stat().st_size
+
+    out_dir = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(run), "--run-dir", str(out_dir), "--no-latency"]) == 0
+    again = json.loads((out_dir / "record.json").read_text())
+    assert again["accuracy"] == record["accuracy"]
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_eval_refuses_a_model_trained_on_other_classes(
+    eurosat_root, ucmerced_root, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    base = ["--dataset", "eurosat", "--data-dir", str(eurosat_root), "--model", "test_cnn"]
+    assert main(["train", "--run-dir", str(run), *base, "--epochs", "1", "--no-eval"]) == 0
+    code = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(run),
+            "--dataset",
+            "ucmerced",
+            "--data-dir",
+            str(ucmerced_root),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "AnnualCrop" in err and "agricultural" in err
+
+
+def test_limit_batches_is_a_quick_trial(eurosat_root, tmp_path):
+    run = tmp_path / "quick"
+    flags = ["--model", "test_cnn", "--dataset", "eurosat", "--data-dir", str(eurosat_root)]
+    assert main(["train", "--run-dir", str(run), *flags, "--limit-batches", "1", "--no-eval"]) == 0
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert len(summary["s_per_epoch"]) == 20
+
+
+def test_python_module_entry_point(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "satcompress", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "train" in out.stdout and "eval" in out.stdout
+
+
+def test_ddp_with_two_cpu_processes(eurosat_root, tmp_path):
+    """Real DDP: two gloo processes launched by Lightning from the command line."""
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "satcompress", "train", "--run-dir", str(run),
+        "--model", "test_cnn", "--dataset", "eurosat", "--data-dir", str(eurosat_root),
+        "--epochs", "1", "--batch-size", "8", "--devices", "2", "--strategy", "ddp",
+        "--threads", "1", "--no-eval",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert (run / "model.safetensors").is_file()
+
+
+def _shared_eval(shared_data, tmp_path, extra):
+    if not SHARED_WEIGHTS.is_file():
+        pytest.skip("shared model not found")
+    card = json.loads(SHARED_CARD.read_text())
+    weights = tmp_path / "weights.safetensors"  # no card beside it: normalisation from flags
+    shutil.copy(SHARED_WEIGHTS, weights)
+    out = tmp_path / "eval"
+    args = [
+        "eval", "--checkpoint", str(weights), "--model", "resnet18",
+        "--dataset", "eurosat", "--data-dir", str(shared_data), "--run-dir", str(out),
+        "--mean", *map(str, card["mean"]), "--std", *map(str, card["std"]), *extra,
+    ]  # fmt: skip
+    assert main(args) == 0
+    return json.loads((out / "record.json").read_text()), card
+
+
+@pytest.mark.slow
+def test_shared_resnet18_reproduces_its_card(shared_data, tmp_path):
+    record, card = _shared_eval(shared_data, tmp_path, [])
+    assert record["num_samples"] == 5400
+    assert record["accuracy"] == pytest.approx(card["test_accuracy"], abs=1e-4)
+    assert record["size_bytes"] == pytest.approx(44_717_048, rel=0.001)

@@ -1,0 +1,143 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from satcompress.artifact import export_onnx, make_session, read_metadata, run_session
+from satcompress.data import load_dataset
+from satcompress.evaluate import (
+    REQUIRED_KEYS,
+    LatencyConfig,
+    RecordList,
+    classification_metrics,
+    count_macs,
+    count_params,
+    evaluate,
+    predict_onnx,
+)
+from satcompress.models import create_model
+from satcompress.preprocess import InputSpec, Preprocess
+
+
+def test_metrics_match_hand_computation():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    preds = np.array([0, 1, 1, 1, 0, 0])
+    m = classification_metrics(preds, labels, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    assert m["per_class_accuracy"] == {"a": 0.5, "b": pytest.approx(2 / 3, abs=1e-6), "c": 0.0}
+    assert m["confusion_matrix"] == [[1, 1, 0], [1, 2, 0], [1, 0, 0]]
+    assert m["num_samples"] == 6
+
+
+def test_metrics_class_without_samples_is_none():
+    m = classification_metrics(np.array([0]), np.array([0]), ["a", "b"])
+    assert m["per_class_accuracy"]["b"] is None
+
+
+def test_macs_of_a_single_convolution():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_macs(conv, (16, 16)) == 8 * 3 * 9 * 16 * 16
+    assert count_params(conv) == 8 * 3 * 9
+
+
+def test_onnx_matches_torch_and_carries_metadata(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("test_cnn", 4).eval()
+    spec = InputSpec(size=24, mean=(0.3, 0.4, 0.5), std=(0.2, 0.2, 0.2))
+    path = export_onnx(
+        model, spec, (32, 32), tmp_path / "m.onnx", metadata={"classes": list("abcd")}
+    )
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = model(Preprocess(spec)(images)).numpy()
+    got = run_session(make_session(path, threads=1), images.numpy())
+    assert np.allclose(got, expected, atol=1e-4)
+    meta = read_metadata(path)
+    assert meta["classes"] == list("abcd")
+    assert meta["input_spec"]["size"] == [24, 24]
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(eurosat_root):
+    return load_dataset("eurosat", eurosat_root, progress=False)
+
+
+def test_evaluate_record_agrees_with_torch(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("test_cnn", len(tiny_dataset.classes)).eval()
+    spec = InputSpec(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    record = evaluate(
+        model,
+        tiny_dataset,
+        spec,
+        model_name="test_cnn",
+        recipe={"stage": "unit"},
+        run_dir=tmp_path,
+        latency=LatencyConfig(runs=5, warmup=1, batch_sizes=(1, 64)),
+        progress=False,
+    )
+    for key in REQUIRED_KEYS:
+        assert key in record
+    test = tiny_dataset.splits["test"]
+    with torch.no_grad():
+        torch_preds = model(Preprocess(spec)(test.images)).argmax(1)
+    assert record["accuracy"] == pytest.approx((torch_preds == test.labels).float().mean().item())
+    assert record["size_bytes"] == (tmp_path / "model.onnx").stat().st_size
+    assert set(record["latency_ms"]) == {"bs1", "bs64"}
+    assert all(v > 0 for v in record["latency_ms"].values())
+    assert record["params"] == count_params(model)
+    assert record["macs"] > 0
+    assert sum(map(sum, record["confusion_matrix"])) == len(test.labels)
+    saved = json.loads((tmp_path / "record.json").read_text())
+    assert saved["accuracy"] == record["accuracy"]
+    assert saved["split_fingerprint"] == tiny_dataset.split_fingerprint
+
+
+def test_predict_refuses_other_classes(tiny_dataset, tmp_path):
+    model = create_model("test_cnn", len(tiny_dataset.classes))
+    path = export_onnx(
+        model, InputSpec(), (64, 64), tmp_path / "m.onnx", metadata={"classes": ["x"] * 10}
+    )
+    with pytest.raises(ValueError, match="classes"):
+        predict_onnx(path, tiny_dataset, progress=False)
+
+
+def _record(i, acc=0.5):
+    return {
+        "id": f"r{i}",
+        "model": "m",
+        "dataset": "d",
+        "recipe": {},
+        "accuracy": acc,
+        "params": 1,
+        "macs": 1,
+        "size_bytes": 1,
+        "latency_ms": {},
+    }
+
+
+def test_record_list_saves_each_row_and_skips_done_work(tmp_path):
+    path = tmp_path / "results.json"
+    records = RecordList(path)
+    calls = []
+
+    def run():
+        calls.append(1)
+        return {k: v for k, v in _record(0).items() if k != "id"}
+
+    records.get_or_run("r0", run)
+    assert len(json.loads(path.read_text())) == 1
+    RecordList(path).get_or_run("r0", run)
+    assert len(calls) == 1, "a saved row is not recomputed"
+    records.put(_record(0, acc=0.7))
+    assert [r["accuracy"] for r in RecordList(path).records] == [0.7]
+
+
+def test_record_list_rejects_incomplete_records(tmp_path):
+    bad = _record(1)
+    del bad["size_bytes"]
+    with pytest.raises(ValueError, match="size_bytes"):
+        RecordList(tmp_path / "r.json").put(bad)
+    assert not (tmp_path / "r.json").exists()

@@ -1,0 +1,154 @@
+import json
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from satcompress.config import ConfigError
+from satcompress.data import load_dataset
+from satcompress.models import load_weights
+from satcompress.train import TrainConfig, resolve_input_spec, train
+
+
+def _config(data_dir, **overrides):
+    values = dict(
+        model="test_cnn",
+        dataset="eurosat",
+        data_dir=str(data_dir),
+        epochs=3,
+        batch_size=16,
+        lr=0.05,
+        ema_decay=None,
+        seed=0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def dataset(eurosat_root):
+    return load_dataset("eurosat", eurosat_root, progress=False)
+
+
+def test_train_writes_a_complete_run_and_learns(eurosat_root, dataset, tmp_path):
+    result = train(
+        _config(eurosat_root, epochs=6), tmp_path / "run", dataset=dataset, progress=False
+    )
+    run = tmp_path / "run"
+    for name in ("config.yaml", "model.safetensors", "model.json", "train_summary.json"):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (run / "splits").iterdir()) == [
+        "eurosat-test.txt",
+        "eurosat-train.txt",
+        "eurosat-val.txt",
+    ]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert TrainConfig.from_dict(saved) == _config(eurosat_root, epochs=6)
+    card = json.loads((run / "model.json").read_text())
+    assert card["classes"] == dataset.classes
+    assert card["split_fingerprint"] == dataset.split_fingerprint
+    summary = result.summary
+    assert len(summary["s_per_epoch"]) == 6 and summary["train_img_per_s"] > 0
+    # colour-coded fake classes are easy: far above 10% chance after a few epochs
+    assert summary["best_val_accuracy"] > 0.5
+    reloaded = load_weights(_fresh_cnn(len(dataset.classes)), run / "model.safetensors")
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(reloaded.eval()(x), result.model.eval()(x), atol=1e-6)
+
+
+def _fresh_cnn(num_classes):
+    from satcompress.models import create_model
+
+    return create_model("test_cnn", num_classes)
+
+
+def test_same_seed_same_weights(eurosat_root, dataset, tmp_path):
+    cfg = _config(eurosat_root, epochs=1)
+    a = train(cfg, tmp_path / "a", dataset=dataset, progress=False).model.state_dict()
+    b = train(cfg, tmp_path / "b", dataset=dataset, progress=False).model.state_dict()
+    c = train(
+        cfg.replace(seed=1), tmp_path / "c", dataset=dataset, progress=False
+    ).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+class _Crash(Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_continues_an_interrupted_run(eurosat_root, dataset, tmp_path):
+    cfg = _config(eurosat_root, epochs=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, tmp_path / "run", dataset=dataset, progress=False, callbacks=[_Crash()])
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg, tmp_path / "run", dataset=dataset, progress=False)
+    with pytest.raises(ConfigError, match="different configuration.*lr"):
+        train(cfg.replace(lr=0.1), tmp_path / "run", dataset=dataset, resume=True, progress=False)
+    result = train(cfg, tmp_path / "run", dataset=dataset, resume=True, progress=False)
+    # epoch 0 came from the checkpoint: only the remaining epochs ran after resuming
+    assert len(result.summary["s_per_epoch"]) == 2
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    logs = sorted((tmp_path / "run" / "logs").glob("*/metrics.csv"))
+    assert len(logs) == 2, "the interrupted attempt's metrics are kept beside the resumed one's"
+
+
+def test_resume_without_checkpoint_is_refused(eurosat_root, tmp_path):
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(_config(eurosat_root), tmp_path / "none", resume=True, progress=False)
+
+
+def test_users_own_module_and_ema(eurosat_root, dataset, tmp_path):
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+    )
+    cfg = _config(eurosat_root, epochs=1, ema_decay=0.9, channels_last=False)
+    result = train(cfg, tmp_path / "own", model=model, dataset=dataset, progress=False)
+    assert result.model is model
+    assert result.summary["best_val_accuracy"] is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(optimizer="adam"), "optimizer must be one of"),
+        (dict(epochs=0), "epochs must be >= 1"),
+        (dict(normalize="custom"), "needs both mean and std"),
+        (dict(warmup=1.5), "warmup"),
+        (dict(ema_decay=1.0), "ema_decay"),
+    ],
+)
+def test_bad_config_is_refused_with_a_clear_message(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(tmp_path, **overrides)
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ConfigError, match="unknown TrainConfig option.*epoch_count"):
+        TrainConfig.from_dict({"epoch_count": 3})
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    cfg = TrainConfig(model="resnet18", model_kwargs={"a": 1}, mean=(0.1, 0.2, 0.3), std=(1, 1, 1))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert TrainConfig.from_yaml(path) == cfg
+
+
+def test_input_spec_resolution(dataset, tmp_path):
+    spec = resolve_input_spec(_config(tmp_path), dataset)
+    mean, std = dataset.channel_stats()
+    assert spec.mean == pytest.approx(mean, abs=1e-6) and spec.size is None
+    custom = _config(tmp_path, normalize="custom", mean=(0.1, 0.2, 0.3), std=(0.3, 0.2, 0.1))
+    assert resolve_input_spec(custom, dataset).std == (0.3, 0.2, 0.1)
+    vit = _config(tmp_path, model="test_vit", normalize="imagenet")
+    assert resolve_input_spec(vit, dataset).size is not None
