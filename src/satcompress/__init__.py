@@ -12,6 +12,7 @@ The Python API under every command::
 __version__ = "0.1.0"
 
 from satcompress.checkpoint import TrainedModel, load_trained  # noqa: E402
+from satcompress.compress.distill import DistillConfig, distill  # noqa: E402
 from satcompress.data import SceneDataModule, load_dataset  # noqa: E402
 from satcompress.evaluate import LatencyConfig, evaluate  # noqa: E402
 from satcompress.models import create_model, list_models  # noqa: E402
@@ -20,6 +21,7 @@ from satcompress.train import TrainConfig, TrainResult, train  # noqa: E402
 
 __all__ = [
     "AugmentConfig",
+    "DistillConfig",
     "InputSpec",
     "LatencyConfig",
     "SceneDataModule",
@@ -28,6 +30,7 @@ __all__ = [
     "TrainedModel",
     "__version__",
     "create_model",
+    "distill",
     "evaluate",
     "list_models",
     "load_dataset",

@@ -2,6 +2,7 @@
 
     satcompress data info --dataset eurosat --data-dir DATA
     satcompress train --config run.yaml --run-dir runs/r18 [--epochs 20 ...] [--resume]
+    satcompress distill --teacher runs/r18 --student mobilenet_v2 --run-dir runs/kd [...]
     satcompress eval --checkpoint runs/r18 [--dataset ... --data-dir ...]
 
 Every ``train`` option is a field of :class:`satcompress.train.TrainConfig`; flags given on
@@ -18,10 +19,13 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from satcompress.config import ConfigError, load_yaml
 from satcompress.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from satcompress.compress.distill import DistillConfig
 
 log = logging.getLogger("satcompress")
 
@@ -73,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     _add_config_flags(train, TrainConfig)
     train.set_defaults(handler=cmd_train)
+    _add_distill_command(commands)
 
     evaluate = commands.add_parser("eval", help="accuracy, size and latency of a trained model")
     source = evaluate.add_argument_group("model")
@@ -89,6 +94,39 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-latency", action="store_true", help="skip latency timing")
     evaluate.set_defaults(handler=cmd_eval)
     return parser
+
+
+def _add_distill_command(commands: argparse._SubParsersAction) -> None:
+    from satcompress.compress.distill import TEACHER_CACHE_MODES, DistillConfig
+
+    distill = commands.add_parser(
+        "distill", help="train a student with a frozen teacher, then evaluate it in ONNX Runtime"
+    )
+    teacher_help = "teacher run directory or weights file (with its card), or a registry name"
+    distill.add_argument("--teacher", required=True, help=teacher_help)
+    distill.add_argument("--teacher-weights", type=Path, help="weights of a registry-name teacher")
+    distill.add_argument(
+        "--student", dest="model", default=argparse.SUPPRESS, help="student model (= --model)"
+    )
+    distill.add_argument("--config", type=Path, help="YAML file of TrainConfig options")
+    distill.add_argument("--distill-config", type=Path, help="YAML file of DistillConfig options")
+    distill.add_argument("--run-dir", type=Path, required=True, help="output folder of the run")
+    distill.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    distill.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    group = distill.add_argument_group("distillation options (override --distill-config)")
+    for name, kwargs in (
+        ("temperature", {"type": float}),
+        ("alpha", {"type": float}),
+        ("feature_layers", {"nargs": "+", "metavar": "STUDENT:TEACHER"}),
+        ("feature_weight", {"type": float}),
+        ("feature_normalize", {"action": argparse.BooleanOptionalAction}),
+        ("teacher_cache", {"choices": TEACHER_CACHE_MODES}),
+    ):
+        flag = "--" + name.replace("_", "-")
+        help_text = _field_help(DistillConfig, name)
+        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text, **kwargs)
+    _add_config_flags(distill, TrainConfig)
+    distill.set_defaults(handler=cmd_distill)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -176,6 +214,57 @@ def cmd_train(args: argparse.Namespace) -> int:
         result.input_spec,
         model_name=config.model,
         recipe={"stage": "train", **config.to_dict()},
+        run_dir=args.run_dir,
+        extra={"train": summary},
+    )
+    _print_record(record)
+    return 0
+
+
+def distill_config_from_args(args: argparse.Namespace) -> DistillConfig:
+    """Defaults < ``--distill-config`` YAML < command-line flags (feature layers are merged)."""
+    from satcompress.compress.distill import DistillConfig
+    from satcompress.compress.distill.config import parse_feature_layers
+
+    values = load_yaml(args.distill_config) if args.distill_config else {}
+    for field in dataclasses.fields(DistillConfig):
+        if field.name in vars(args):
+            values[field.name] = getattr(args, field.name)
+    if "feature_layers" in vars(args) and args.distill_config:
+        saved = parse_feature_layers(load_yaml(args.distill_config).get("feature_layers"))
+        values["feature_layers"] = {**saved, **parse_feature_layers(args.feature_layers)}
+    return DistillConfig.from_dict(values)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """``satcompress distill``."""
+    from satcompress.compress.distill import distill
+    from satcompress.evaluate import evaluate
+
+    config = train_config_from_args(args)
+    distill_config = distill_config_from_args(args)
+    result = distill(
+        config,
+        distill_config,
+        args.teacher,
+        args.run_dir,
+        teacher_weights=args.teacher_weights,
+        resume=args.resume,
+    )
+    summary = result.summary
+    print(
+        f"distilled {config.model} from {args.teacher}: best val accuracy "
+        f"{summary['best_val_accuracy']}, {summary['wall_s']} s, teacher "
+        f"{summary['teacher_s']} s ({summary['teacher_share'] * 100:.0f}% of training)"
+    )
+    if args.no_eval or not result.is_global_zero:
+        return 0
+    record = evaluate(
+        result.model,
+        result.dataset,
+        result.input_spec,
+        model_name=config.model,
+        recipe={"stage": "distill", **result.card["recipe"]},
         run_dir=args.run_dir,
         extra={"train": summary},
     )

@@ -54,7 +54,9 @@ class ClassificationTask(L.LightningModule):
         input_spec: The model's input resolution and normalisation.
         config: Optimiser, schedule and augmentation settings.
         num_classes: Number of classes (for the per-class metrics).
-        loss: Training loss; default cross-entropy with the config's label smoothing.
+        loss: Training loss; default cross-entropy with the config's label smoothing. If it
+            is an ``nn.Module`` with trainable parameters (e.g. distillation projections),
+            they are optimised with the model's.
     """
 
     def __init__(
@@ -121,7 +123,8 @@ class ClassificationTask(L.LightningModule):
     def configure_optimizers(self) -> dict:
         """Optimiser and per-step learning-rate schedule from the config."""
         cfg = self.config
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # the model's parameters, plus any the loss learns (e.g. distillation projections)
+        params = [p for p in self.parameters() if p.requires_grad]
         if cfg.optimizer == "sgd":
             optimizer = torch.optim.SGD(
                 params,

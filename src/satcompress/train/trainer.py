@@ -167,6 +167,12 @@ def train(
     dataset = dataset or load_config_dataset(config, progress)
     dataset.write_split_files(run_dir / "splits")
     spec = resolve_input_spec(config, dataset)
+    counts = ", ".join(f"{len(s.labels)} {name}" for name, s in dataset.splits.items())
+    log.info(
+        "data: %s at %s (%s); split: %s; input %s, mean %s, std %s",
+        dataset.name, dataset.root, counts, dataset.split_source, spec.size or "native",
+        spec.mean, spec.std,
+    )  # fmt: skip
     if model is None:
         model = create_model(
             config.model,
