@@ -1,6 +1,6 @@
 """Evaluation: metrics, cost (params, MACs, latency) and the shared result record."""
 
-from satcompress.evaluate.evaluate import evaluate, predict_onnx
+from satcompress.evaluate.evaluate import evaluate, evaluate_onnx, predict_onnx
 from satcompress.evaluate.metrics import classification_metrics
 from satcompress.evaluate.profile import (
     LatencyConfig,
@@ -26,6 +26,7 @@ __all__ = [
     "count_params",
     "cpu_description",
     "evaluate",
+    "evaluate_onnx",
     "measure_latency",
     "predict_onnx",
     "validate_record",

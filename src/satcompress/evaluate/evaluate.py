@@ -92,10 +92,69 @@ def evaluate(
         onnx_path = folder / "model.onnx"
         meta = {"model": model_name, "classes": list(dataset.classes)}
         export_onnx(model, input_spec, dataset.image_size, onnx_path, metadata=meta)
-        threads = latency.threads if latency else None
-        predictions = predict_onnx(onnx_path, dataset, split, batch_size, threads, progress)
-        timing = measure_latency(onnx_path, dataset.image_size, latency) if latency else {}
-        size_bytes = onnx_path.stat().st_size
+        return evaluate_onnx(
+            onnx_path,
+            dataset,
+            input_spec,
+            model_name=model_name,
+            params=count_params(model),
+            macs=count_macs(model, input_spec.size or dataset.image_size),
+            recipe=recipe,
+            split=split,
+            run_dir=run_dir,
+            latency=latency,
+            batch_size=batch_size,
+            extra=extra,
+            progress=progress,
+        )
+
+
+def evaluate_onnx(
+    onnx_path: str | Path,
+    dataset: SceneDataset,
+    input_spec: InputSpec,
+    *,
+    model_name: str,
+    params: int,
+    macs: int,
+    recipe: dict[str, Any] | None = None,
+    split: str = "test",
+    run_dir: str | Path | None = None,
+    latency: LatencyConfig | None = DEFAULT_LATENCY,
+    batch_size: int = 64,
+    size_bytes: int | None = None,
+    file_format: str = "onnx-fp32",
+    extra: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score and time an ONNX file (uint8 input) in ONNX Runtime: one result record.
+
+    Compressed variants use this directly: ``size_bytes`` and ``file_format`` then describe
+    the deployable artifact the ONNX graph was rebuilt from, not the graph itself.
+
+    Args:
+        onnx_path: The ONNX file to run.
+        dataset: The loaded dataset.
+        input_spec: The input specification baked into the file (stored in the record).
+        model_name: Name stored in the record.
+        params: Parameter count of the model.
+        macs: Multiply-accumulates at batch 1.
+        recipe: The exact configuration that produced the model.
+        split: Which split to score.
+        run_dir: Where ``record.json`` goes (not written if None).
+        latency: How to time the file; ``None`` skips timing.
+        batch_size: Batch size for scoring.
+        size_bytes: Bytes of the deployable file (default: the ONNX file's size).
+        file_format: What the deployable file is (e.g. ``onnx-fp32``, ``artifact-int4``).
+        extra: More keys to store in the record.
+        progress: Show a progress bar.
+
+    Returns:
+        The record (schema :data:`RECORD_SCHEMA`).
+    """
+    threads = latency.threads if latency else None
+    predictions = predict_onnx(onnx_path, dataset, split, batch_size, threads, progress)
+    timing = measure_latency(onnx_path, dataset.image_size, latency) if latency else {}
     metrics = classification_metrics(
         predictions, dataset.splits[split].labels.numpy(), list(dataset.classes)
     )
@@ -106,10 +165,10 @@ def evaluate(
         "split": split,
         "recipe": recipe or {},
         "accuracy": metrics["accuracy"],
-        "params": count_params(model),
-        "macs": count_macs(model, input_spec.size or dataset.image_size),
-        "size_bytes": size_bytes,
-        "format": "onnx-fp32",
+        "params": int(params),
+        "macs": int(macs),
+        "size_bytes": int(size_bytes if size_bytes is not None else Path(onnx_path).stat().st_size),
+        "format": file_format,
         "latency_ms": {k: v["median_ms"] for k, v in timing.items() if k.startswith("bs")},
         "latency": timing,
         "per_class_accuracy": metrics["per_class_accuracy"],
