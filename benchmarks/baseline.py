@@ -26,7 +26,7 @@ from torch import nn
 
 import satcompress as sc
 from satcompress.evaluate import RecordList
-from satcompress.evaluate.profile import cpu_description
+from satcompress.evaluate.profile import LatencyConfig, cpu_description, measure_latency
 from satcompress.preprocess import BatchAugment, Preprocess
 from satcompress.train import resolve_input_spec
 
@@ -84,15 +84,17 @@ def train_and_evaluate(config: sc.TrainConfig, dataset, runs_dir: Path) -> dict:
 
 def plain_loop_img_per_s(config: sc.TrainConfig, dataset, spec, batches: int) -> float:
     """A plain hand-written loop over the in-memory uint8 tensor: same model, batch size,
-    threads, augmentation, optimiser, schedule and EMA as satcompress's default recipe."""
+    threads, augmentation, optimiser, schedule (and EMA if on) as the satcompress run."""
     torch.manual_seed(0)
     model = sc.create_model(config.model, len(dataset.classes), **config.model_kwargs)
     model = model.to(memory_format=torch.channels_last)
-    ema = torch.optim.swa_utils.AveragedModel(
-        model,
-        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
-        use_buffers=True,
-    )
+    ema = None
+    if config.ema_decay is not None:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+            use_buffers=True,
+        )
     preprocess, augment = Preprocess(spec), BatchAugment(config.augment)
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -115,7 +117,8 @@ def plain_loop_img_per_s(config: sc.TrainConfig, dataset, spec, batches: int) ->
         loss.backward()
         optimizer.step()
         schedule.step()
-        ema.update_parameters(model)
+        if ema is not None:
+            ema.update_parameters(model)
     return batches * config.batch_size / (time.perf_counter() - start)
 
 
@@ -147,6 +150,48 @@ def throughput(config: sc.TrainConfig, dataset, batches: int, rounds: int) -> di
     }
 
 
+def markdown_table(records: list[dict]) -> str:
+    """The README's table, from the records of one results file."""
+    rows = [
+        "| model | test acc. | params | MACs | fp32 ONNX bytes | ORT bs1 / bs64 (ms) "
+        "| epochs | wall | s/epoch (train) | train img/s | vs plain loop |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in records:
+        tp = r.get("throughput", {})
+        per_epoch = sum(r["s_per_epoch"]) / max(1, len(r["s_per_epoch"]))
+        ratio = (
+            f"{tp['satcompress_img_per_s']:.0f} vs {tp['plain_loop_img_per_s']:.0f} "
+            f"({tp['ratio']:.2f}x)"
+            if tp
+            else "-"
+        )
+        rows.append(
+            f"| {r['model']} | {r['accuracy'] * 100:.2f}% | {r['params'] / 1e6:.2f} M "
+            f"| {r['macs'] / 1e6:.0f} M | {r['size_bytes']:,} "
+            f"| {r['latency_ms']['bs1']:.2f} / {r['latency_ms']['bs64']:.1f} | {r['epochs']} "
+            f"| {r['wall_s'] / 60:.0f} min | {per_epoch:.0f} s | {r['train_img_per_s']:.0f} "
+            f"| {ratio} |"
+        )
+    cpu = records[0]["latency"]["cpu"] if records else {}
+    rows.append(f"\nCPU: {cpu.get('model')}, {cpu.get('cores')} cores, flags {cpu.get('flags')}.")
+    return "\n".join(rows)
+
+
+def refresh_latency(records: RecordList, threads: int | None) -> None:
+    """Re-time every record's ONNX file now (e.g. once the machine is quiet)."""
+    for record in list(records.records):
+        onnx_path = Path(record["run_dir"]) / "model.onnx"
+        size = tuple(record["input"]["size"] or (64, 64))
+        timing = measure_latency(onnx_path, size, LatencyConfig(threads=threads))
+        record.update(
+            latency=timing,
+            latency_ms={k: v["median_ms"] for k, v in timing.items() if k.startswith("bs")},
+        )
+        records.put(record)
+        print(record["model"], record["latency_ms"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
@@ -159,7 +204,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--throughput-batches", type=int, default=40)
     parser.add_argument("--throughput-rounds", type=int, default=2)
+    parser.add_argument("--table", action="store_true", help="print the README table and exit")
+    parser.add_argument(
+        "--refresh-latency", action="store_true", help="re-time the saved ONNX files and exit"
+    )
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(RecordList(args.out).records))
+        return
+    if args.refresh_latency:
+        refresh_latency(RecordList(args.out), None)
+        return
 
     records = RecordList(args.out)
     dataset = sc.load_dataset("eurosat", args.data_dir)

