@@ -49,7 +49,9 @@ def config_for(model: str, args: argparse.Namespace) -> sc.TrainConfig:
 
 
 def run_key(config: sc.TrainConfig) -> str:
-    text = json.dumps(config.to_dict(), sort_keys=True)
+    """Cache key of a training run: the recipe, without execution-only settings."""
+    recipe = {k: v for k, v in config.to_dict().items() if k not in ("threads", "num_workers")}
+    text = json.dumps(recipe, sort_keys=True)
     return f"{config.model}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 

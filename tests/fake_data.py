@@ -19,41 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-EUROSAT_CLASSES = (
-    "AnnualCrop",
-    "Forest",
-    "HerbaceousVegetation",
-    "Highway",
-    "Industrial",
-    "Pasture",
-    "PermanentCrop",
-    "Residential",
-    "River",
-    "SeaLake",
-)
-UCMERCED_CLASSES = (
-    "agricultural",
-    "airplane",
-    "baseballdiamond",
-    "beach",
-    "buildings",
-    "chaparral",
-    "denseresidential",
-    "forest",
-    "freeway",
-    "golfcourse",
-    "harbor",
-    "intersection",
-    "mediumresidential",
-    "mobilehomepark",
-    "overpass",
-    "parkinglot",
-    "river",
-    "runway",
-    "sparseresidential",
-    "storagetanks",
-    "tenniscourt",
-)
+from satcompress.data.datasets import EUROSAT_CLASSES, UCMERCED_CLASSES  # the real class lists
+
 #: UC Merced images written at another size than 256x256: (class, number) -> (width, height).
 UCMERCED_ODD_SIZES = {
     ("airplane", 1): (253, 256),

@@ -74,6 +74,11 @@ def load_trained(
     """
     weights = weights_file(path)
     card = read_card(weights)
+    if card.get("pruning"):  # structurally pruned: rebuild the pruned architecture
+        from satcompress.compress.prune.io import is_pruned, load_pruned
+
+        if is_pruned(weights):
+            return load_pruned(weights)
     name = model_name or card.get("model") or _name_from_arch(card)
     classes = card.get("classes")
     count = num_classes or card.get("num_classes") or (len(classes) if classes else None)

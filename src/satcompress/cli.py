@@ -78,12 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train, TrainConfig)
     train.set_defaults(handler=cmd_train)
     _add_distill_command(commands)
+    __import__("satcompress.compress.prune.cli", fromlist=["add_commands"]).add_commands(commands)
+    __import__("satcompress.compress.quantize.cli", fromlist=["add_commands"]).add_commands(commands)
+    __import__("satcompress.artifact.cli", fromlist=["add_commands"]).add_commands(commands)
 
     evaluate = commands.add_parser("eval", help="accuracy, size and latency of a trained model")
     source = evaluate.add_argument_group("model")
     source.add_argument("--checkpoint", type=Path, help="run directory or weights file")
     source.add_argument("--model", help="registry name (if the weights have no card)")
     source.add_argument("--weights", type=Path, help="weights file (same as --checkpoint)")
+    source.add_argument("--artifact", type=Path, help="a deployable artifact (.satc) to run")
     source.add_argument("--mean", type=float, nargs=3, help="normalisation mean (overrides card)")
     source.add_argument("--std", type=float, nargs=3, help="normalisation std (overrides card)")
     source.add_argument("--input-size", type=int, help="model input resolution")
@@ -279,6 +283,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from satcompress.evaluate import LatencyConfig, evaluate
     from satcompress.preprocess import InputSpec
 
+    if args.artifact is not None:  # rebuilt to ONNX, run in ONNX Runtime, sized as the file
+        from satcompress.artifact.cli import eval_artifact
+
+        _print_record(eval_artifact(args))
+        return 0
     path = args.checkpoint or args.weights
     if path is None:
         raise ConfigError("give the model to evaluate: --checkpoint RUN_DIR_OR_WEIGHTS")

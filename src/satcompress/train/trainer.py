@@ -58,13 +58,20 @@ class ThroughputMonitor(Callback):
     """Times training (data loading and steps, not validation) and counts its images.
 
     Lightning runs validation inside the training epoch, so the clock advances from the
-    epoch start to each batch end, and restarts at every epoch start.
+    epoch start to each batch end, and restarts at every epoch start. The totals travel in
+    the checkpoints, so a resumed run reports the time of all its epochs.
     """
 
     def __init__(self) -> None:
         self.epoch_seconds: list[float] = []
         self.images = 0
+        self.earlier_wall_s = 0.0
         self._last = 0.0
+        self._fit_start = time.perf_counter()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the wall clock of this attempt."""
+        self._fit_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start the epoch clock."""
@@ -78,10 +85,26 @@ class ThroughputMonitor(Callback):
         self.images += int(batch[1].shape[0])
 
     @property
+    def wall_s(self) -> float:
+        """Wall time of all attempts so far, validation and checkpointing included."""
+        return self.earlier_wall_s + time.perf_counter() - self._fit_start
+
+    @property
     def images_per_second(self) -> float:
         """Training images per second over all epochs (one process)."""
         total = sum(self.epoch_seconds)
         return self.images / total if total else 0.0
+
+    def state_dict(self) -> dict:
+        """Totals saved into each checkpoint."""
+        return {"epoch_seconds": list(self.epoch_seconds), "images": self.images,
+                "wall_s": self.wall_s}  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the totals of the interrupted attempt."""
+        self.epoch_seconds = list(state_dict["epoch_seconds"])
+        self.images = int(state_dict["images"])
+        self.earlier_wall_s = float(state_dict["wall_s"])
 
 
 def resolve_input_spec(config: TrainConfig, dataset: SceneDataset) -> InputSpec:
@@ -215,9 +238,8 @@ def train(
         deterministic=False,
         log_every_n_steps=10,
     )
-    started = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last_ckpt) if resume else None)
-    wall = time.perf_counter() - started
+    wall = throughput.wall_s
 
     best = Path(checkpoint.best_model_path or last_ckpt)
     _load_task_weights(model, best)

@@ -1,0 +1,240 @@
+"""Quantization benchmark: PTQ int8 and QAT 8..1 bits of the baseline models on EuroSAT 64x64.
+
+Writes ``results/quantize.json``: one record per variant in the shared schema plus
+``bound_bytes`` (sum(params x bits) / 8) next to ``size_bytes`` (the artifact on disk):
+
+* ``<model>-fp32``: the fp32 ONNX baseline (accuracy, size, latency);
+* ``<model>-ort-default``: ONNX Runtime ``quantize_static`` with default settings;
+* ``<model>-nncf-default``: NNCF PTQ with default settings (if ``nncf`` is installed);
+* ``<model>-ptq-int8``: satcompress PTQ (its artifact);
+* ``<model>-qat-w<b>``: satcompress QAT at ``b`` bits (ResNet-18: 8, 4, 3, 2, 1;
+  MobileNetV2: 8, 4, 2), ``--qat-epochs`` epochs each; a diverged run is recorded with
+  ``status: diverged`` (its artifact holds the last good checkpoint);
+* ``<model>-qat-w<b>-sparse50``: that QAT model with 50% of each layer's weights zeroed by
+  magnitude (no fine-tuning), to show pruned zeros shrinking the artifact.
+
+Resumable: finished rows are kept; an interrupted QAT run continues from its last checkpoint.
+The fp32 models are the baseline runs (``benchmarks/baseline.py``, same ``--runs-dir``), or
+``--checkpoint model=PATH``.
+
+    python benchmarks/quantize.py --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import satcompress as sc
+from satcompress.artifact.format import write_artifact
+from satcompress.artifact.onnx import export_onnx
+from satcompress.compress.quantize import PTQConfig, QATConfig, quantize
+from satcompress.compress.quantize.api import evaluate_artifact, export_qat
+from satcompress.compress.quantize.ptq import ImageReader, calibration_images
+from satcompress.evaluate import RecordList, count_macs, count_params, evaluate_onnx
+from satcompress.evaluate.profile import cpu_description
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import baseline  # noqa: E402  (the baseline benchmark's recipes and run keys)
+
+BITS = {"resnet18": [8, 4, 3, 2, 1], "mobilenet_v2": [8, 4, 2]}
+
+
+def baseline_run(model: str, args: argparse.Namespace) -> Path:
+    """The fp32 run of ``model``: ``--checkpoint model=PATH`` or the baseline benchmark's."""
+    given = dict(item.split("=", 1) for item in args.checkpoint)
+    if model in given:
+        return Path(given[model])
+    run = args.runs_dir / baseline.run_key(baseline.config_for(model, args))
+    if not (run / "model.safetensors").is_file():
+        raise SystemExit(f"no trained {model} at {run}: run benchmarks/baseline.py first")
+    return run
+
+
+def fp32_row(run: Path, dataset, model: str) -> dict:
+    trained = sc.load_trained(run)
+    return sc.evaluate(
+        trained.model,
+        dataset,
+        trained.input_spec,
+        model_name=model,
+        recipe={"stage": "fp32", "checkpoint": str(run)},
+        extra={"bound_bytes": count_params(trained.model) * 4, "status": "ok"},
+    )
+
+
+def ort_default_row(run: Path, dataset, model: str, work: Path, images: np.ndarray) -> dict:
+    """ONNX Runtime ``quantize_static`` as a user would call it: every default."""
+    from onnxruntime.quantization import quantize_static
+
+    trained = sc.load_trained(run)
+    fp32 = export_onnx(trained.model, trained.input_spec, dataset.image_size, work / "fp32.onnx")
+    int8 = work / "ort_default.onnx"
+    quantize_static(str(fp32), str(int8), ImageReader(images))
+    return _onnx_row(int8, trained, dataset, model, "ort-default", work)
+
+
+def nncf_default_row(run: Path, dataset, model: str, work: Path, images: np.ndarray) -> dict:
+    """NNCF PTQ with default settings on the fp32 ONNX model, run in ONNX Runtime."""
+    import nncf
+    import onnx
+
+    trained = sc.load_trained(run)
+    fp32 = export_onnx(trained.model, trained.input_spec, dataset.image_size, work / "fp32.onnx")
+    batches = [{"image": images[i : i + 1]} for i in range(len(images))]
+    quantized = nncf.quantize(onnx.load(str(fp32)), nncf.Dataset(batches))
+    int8 = work / "nncf_default.onnx"
+    onnx.save(quantized, str(int8))
+    return _onnx_row(int8, trained, dataset, model, "nncf-default", work)
+
+
+def _onnx_row(path: Path, trained, dataset, model: str, stage: str, work: Path) -> dict:
+    manifest = write_artifact(path, work / f"{stage}.satc")  # for its bound only
+    return evaluate_onnx(
+        path,
+        dataset,
+        trained.input_spec,
+        model_name=model,
+        params=count_params(trained.model),
+        macs=count_macs(trained.model, trained.input_spec.size or dataset.image_size),
+        recipe={"stage": stage},
+        file_format="onnx-int8",
+        extra={"bound_bytes": manifest["stats"]["bound_bytes"], "status": "ok"},
+    )
+
+
+def ptq_row(run: Path, dataset, model: str, out: Path) -> dict:
+    result = quantize(run, "ptq", run_dir=out, config=PTQConfig(), dataset=dataset)
+    return result.record
+
+
+def qat_row(run: Path, dataset, model: str, bits: int, out: Path, args) -> dict:
+    teacher = "self" if args.kd else None
+    config = QATConfig(bits=bits, epochs=args.qat_epochs, teacher=teacher)
+    resume = (out / "checkpoints" / "last.ckpt").is_file()
+    result = quantize(run, "qat", run_dir=out, config=config, dataset=dataset, resume=resume)
+    return result.record
+
+
+def sparse_row(qat_run: Path, dataset, model: str, out: Path) -> dict:
+    """The QAT model with 50% of each quantized layer's weights zeroed by magnitude."""
+    from satcompress.compress.quantize.qat import QATResult, load_qat_model, quant_layers
+
+    qat_model, spec, settings = load_qat_model(qat_run)
+    with torch.no_grad():
+        for layer in quant_layers(qat_model).values():
+            w = layer.weight
+            w[w.abs() <= w.abs().flatten().kthvalue(w.numel() // 2).values] = 0
+    config = QATConfig.from_dict(settings["qat"])
+    train_config = sc.TrainConfig(model=model, dataset="eurosat")
+    result = QATResult(
+        qat_model, spec, out, settings["layer_bits"], "ok", "", None, dataset, config, train_config
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    exported = export_qat(qat_model, spec, dataset, out, result)
+    return evaluate_artifact(
+        exported.artifact_path, dataset, extra={"status": "ok", "sparsity": 0.5}
+    )
+
+
+def markdown_table(records: list[dict]) -> str:
+    rows = [
+        "| variant | test acc. | vs fp32 | bytes on disk | bound | ratio | ORT bs1 / bs64 (ms) "
+        "| speed-up bs1 / bs64 | status |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    fp32 = {r["model"]: r for r in records if r["id"].endswith("-fp32")}
+    for r in records:
+        base = fp32.get(r["model"])
+        delta = f"{(r['accuracy'] - base['accuracy']) * 100:+.2f}" if base else "-"
+        lat = r["latency_ms"]
+        speed = "-"
+        if base and lat:
+            speed = " / ".join(
+                f"{base['latency_ms'][k] / lat[k]:.2f}x" for k in ("bs1", "bs64") if k in lat
+            )
+        bound = r.get("bound_bytes") or 0
+        rows.append(
+            f"| {r['id']} | {r['accuracy'] * 100:.2f}% | {delta} | {r['size_bytes']:,} "
+            f"| {bound:,.0f} | {r['size_bytes'] / bound if bound else 0:.3f} "
+            f"| {lat.get('bs1', 0):.2f} / {lat.get('bs64', 0):.1f} | {speed} "
+            f"| {r.get('status', 'ok')} |"
+        )
+    cpu = records[0]["latency"].get("cpu", {}) if records else {}
+    rows.append(f"\nCPU: {cpu.get('model')}, {cpu.get('cores')} cores, flags {cpu.get('flags')}.")
+    return "\n".join(rows)
+
+
+def run_model(model: str, args: argparse.Namespace, records: RecordList, dataset, images) -> None:
+    """Every row of one model (finished rows are skipped)."""
+    root = args.runs_dir / "quantize"
+    run = baseline_run(model, args)
+    key = f"{model}-{run.name}"
+    records.get_or_run(f"{model}-fp32", lambda: fp32_row(run, dataset, model))
+    with tempfile.TemporaryDirectory() as tmp:
+        records.get_or_run(
+            f"{model}-ort-default", lambda: ort_default_row(run, dataset, model, Path(tmp), images)
+        )
+        if importlib.util.find_spec("nncf") is not None:
+            records.get_or_run(
+                f"{model}-nncf-default",
+                lambda: nncf_default_row(run, dataset, model, Path(tmp), images),
+            )
+        else:
+            print("nncf is not installed: the NNCF default row is skipped")
+    records.get_or_run(
+        f"{model}-ptq-int8", lambda: ptq_row(run, dataset, model, root / f"{key}-ptq")
+    )
+    for bits in BITS[model]:
+        out = root / f"{key}-qat-w{bits}-e{args.qat_epochs}{'-kd' if args.kd else ''}"
+        row = f"{model}-qat-w{bits}"
+        records.get_or_run(row, lambda b=bits, o=out: qat_row(run, dataset, model, b, o, args))
+        records.get_or_run(
+            f"{row}-sparse50",
+            lambda o=out: sparse_row(o, dataset, model, o.with_name(o.name + "-sparse50")),
+        )
+    for r in records.records:
+        if r["model"] == model:
+            print(f"{r['id']}: {r['accuracy'] * 100:.2f}%, {r['size_bytes']:,} bytes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, default=Path("results/quantize.json"))
+    parser.add_argument(
+        "--runs-dir", type=Path, default=Path.home() / ".cache" / "satcompress" / "benchmarks"
+    )
+    parser.add_argument("--models", nargs="+", default=list(BITS), choices=list(BITS))
+    parser.add_argument("--checkpoint", nargs="*", default=[], metavar="MODEL=PATH")
+    parser.add_argument("--epochs", type=int, default=20, help="the baseline's epochs (its key)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--qat-epochs", type=int, default=3)
+    parser.add_argument("--kd", action="store_true", help="QAT distils from the fp32 model")
+    parser.add_argument("--calibration-images", type=int, default=512)
+    parser.add_argument("--table", action="store_true", help="print the README table and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(markdown_table(RecordList(args.out).records))
+        return
+
+    records = RecordList(args.out)
+    dataset = sc.load_dataset("eurosat", args.data_dir)
+    print(f"EuroSAT: {dataset.split_source}; CPU: {json.dumps(cpu_description())}")
+    images = calibration_images(dataset, args.calibration_images)
+    for model in args.models:
+        run_model(model, args, records, dataset, images)
+    print(markdown_table(records.records))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

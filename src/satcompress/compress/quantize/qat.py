@@ -1,0 +1,512 @@
+"""Quantization-aware training with Brevitas, through the one training loop.
+
+:func:`prepare_qat` swaps every ``nn.Conv2d``/``nn.Linear`` of any model (CNNs and timm ViTs
+alike: no graph tracing) for Brevitas' ``QuantConv2d``/``QuantLinear``: per-output-channel
+symmetric weights at 1..8 bits (1 bit: sign times a learned per-channel scale) and an
+asymmetric unsigned activation quantizer on each layer's input. Batch norms are kept and
+train as usual; :mod:`satcompress.compress.quantize.export` folds them into the per-channel
+weight scales, which leaves the integer weights exact. :func:`qat` calibrates the activation
+ranges, then fine-tunes with :func:`satcompress.train.train` (optionally distilling from the
+full-precision model) and writes the QDQ ONNX file and the deployable artifact.
+
+Divergence (a NaN or infinite loss, common at 1 bit): the training task raises
+``FloatingPointError``; :func:`qat` stops that run, restores the last good checkpoint (or the
+calibrated starting point), writes ``qat_failure.json`` and returns ``status="diverged"``
+with the message instead of raising.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import logging
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch import nn
+
+from satcompress.checkpoint import TrainedModel, load_trained
+from satcompress.compress.distill import DistillationLoss, check_teacher_classes, load_teacher
+from satcompress.compress.quantize.config import FLOAT_BITS, QATConfig
+from satcompress.config import ConfigError
+from satcompress.data import SceneDataset
+from satcompress.models import create_model
+from satcompress.models.weights import save_weights
+from satcompress.preprocess import InputSpec, Preprocess
+from satcompress.train import TrainConfig, TrainResult, load_config_dataset, make_card, train
+from satcompress.utils.io import atomic_write_bytes, atomic_write_json, file_digest
+
+with warnings.catch_warnings():  # Brevitas warns at import about optional CUDA kernels
+    warnings.simplefilter("ignore")
+    from brevitas.graph.calibrate import calibration_mode
+    from brevitas.inject.enum import ScalingImplType, ScalingPerOutputType, StatsOp
+    from brevitas.nn import QuantConv2d, QuantLinear
+    from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
+    from brevitas.quant import (
+        Int8WeightPerChannelFloat,
+        Int8WeightPerChannelFloatMSE,
+        ShiftedUint8ActPerTensorFloat,
+    )
+    from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
+
+log = logging.getLogger(__name__)
+
+QAT_FILE = "qat.yaml"
+FAILURE_FILE = "qat_failure.json"
+QUANTIZABLE = (nn.Conv2d, nn.Linear)
+
+
+class BinaryWeightPerChannel(SignedBinaryWeightPerTensorConst):
+    """1-bit weights: ``sign(w)`` times a learned per-output-channel scale.
+
+    Brevitas ships binary quantizers with a constant per-tensor scale only; this one starts
+    from each channel's mean absolute weight (XNOR-Net) and learns it.
+    """
+
+    scaling_impl_type = ScalingImplType.PARAMETER_FROM_STATS
+    scaling_stats_op = StatsOp.AVE
+    scaling_per_output_type = ScalingPerOutputType.CHANNEL
+
+
+@dataclasses.dataclass
+class QATResult:
+    """What :func:`qat` returns.
+
+    Attributes:
+        model: The fake-quantized PyTorch model (Brevitas layers; eval mode).
+        input_spec: Its input resolution and normalisation.
+        run_dir: The run directory.
+        layer_bits: Weight bits per quantized layer (None = kept in float).
+        status: ``ok`` or ``diverged``.
+        message: Why the run stopped early (empty when ``ok``).
+        train: The training result (None when no epoch ran or training diverged).
+        dataset: The dataset trained on.
+        config: The QAT settings.
+        train_config: The training settings used.
+    """
+
+    model: nn.Module
+    input_spec: InputSpec
+    run_dir: Path
+    layer_bits: dict[str, int | None]
+    status: str
+    message: str
+    train: TrainResult | None
+    dataset: SceneDataset
+    config: QATConfig
+    train_config: TrainConfig
+
+
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The ``nn.Conv2d`` and ``nn.Linear`` layers of ``model`` by module name."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, QUANTIZABLE) and name
+    }
+
+
+def execution_order(model: nn.Module, probe: torch.Tensor) -> list[str]:
+    """Names of the quantizable layers in the order a forward pass calls them."""
+    order: list[str] = []
+    hooks = [
+        module.register_forward_pre_hook(lambda m, a, name=name: order.append(name))
+        for name, module in quantizable_layers(model).items()
+    ]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return list(dict.fromkeys(order))
+
+
+def resolve_layer_bits(
+    model: nn.Module, config: QATConfig, probe: torch.Tensor
+) -> dict[str, int | None]:
+    """Weight bits of every quantizable layer (None = keep in float).
+
+    ``bits`` everywhere, the ``first_last`` policy for the first and last layers called,
+    then ``bits_map`` on top.
+
+    Raises:
+        ConfigError: If ``bits_map`` names a layer the model does not have (the message lists
+            close matches and the available layers) or the model has no such layers.
+    """
+    layers = quantizable_layers(model)
+    if not layers:
+        raise ConfigError("the model has no Conv2d or Linear layer to quantize")
+    _check_bits_map(config.bits_map, layers)
+    bits: dict[str, int | None] = {name: config.bits for name in layers}
+    called = execution_order(model, probe) or list(layers)
+    edge = {"8bit": 8, "same": config.bits, "float": None}[config.first_last]
+    for name in {called[0], called[-1]}:
+        bits[name] = edge
+    for name, value in config.bits_map.items():
+        bits[name] = None if value == FLOAT_BITS else int(value)
+    return bits
+
+
+def _check_bits_map(bits_map: dict[str, int], layers: dict[str, nn.Module]) -> None:
+    missing = [name for name in bits_map if name not in layers]
+    if not missing:
+        return
+    names = list(layers)
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hints.append(f"{name!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
+    raise ConfigError(
+        f"bits_map names layers the model does not have: {'; '.join(hints)}. "
+        f"Quantizable layers (Conv2d/Linear): {shown}"
+    )
+
+
+def prepare_qat(
+    model: nn.Module, config: QATConfig, probe: torch.Tensor
+) -> tuple[nn.Module, dict[str, int | None]]:
+    """A copy of ``model`` with Brevitas fake-quantized Conv2d/Linear layers.
+
+    Args:
+        model: The full-precision model (not modified).
+        config: Bits, activation bits, per-layer map and first/last policy.
+        probe: A float input batch at the model's resolution (finds the layer order).
+
+    Returns:
+        The QAT model and the weight bits per layer (None = kept in float).
+    """
+    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    layer_bits = resolve_layer_bits(model, config, probe)
+    for name, bits in layer_bits.items():
+        if bits is not None:
+            layer = model.get_submodule(name)
+            _set_module(model, name, _quant_layer(layer, bits, config))
+    return model, layer_bits
+
+
+def _quant_layer(layer: nn.Module, bits: int, config: QATConfig) -> nn.Module:
+    kwargs: dict[str, Any] = {"return_quant_tensor": False, "bias": layer.bias is not None}
+    if bits == 1:
+        kwargs["weight_quant"] = BinaryWeightPerChannel
+    else:
+        learned = bits < 8 and config.weight_scale == "mse"
+        kwargs["weight_quant"] = (
+            Int8WeightPerChannelFloatMSE if learned else (Int8WeightPerChannelFloat)
+        )
+        kwargs["weight_bit_width"] = bits
+    if config.activation_bits is not None:
+        kwargs["input_quant"] = ShiftedUint8ActPerTensorFloat
+        kwargs["input_bit_width"] = config.activation_bits
+    if isinstance(layer, nn.Conv2d):
+        if layer.padding_mode != "zeros":
+            raise ConfigError(f"QAT supports zero-padded convolutions only ({layer})")
+        quant = QuantConv2d(
+            layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+            padding=layer.padding, dilation=layer.dilation, groups=layer.groups, **kwargs,
+        )  # fmt: skip
+    else:
+        quant = QuantLinear(layer.in_features, layer.out_features, **kwargs)
+    with torch.no_grad():
+        quant.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            quant.bias.copy_(layer.bias)
+    return quant.to(layer.weight.device)
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantWeightBiasInputOutputLayer]:
+    """The Brevitas quantized layers of a QAT model by module name."""
+    return {
+        n: m for n, m in model.named_modules() if isinstance(m, QuantWeightBiasInputOutputLayer)
+    }
+
+
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Initialise the quantizers: activation ranges, then weight scales.
+
+    Activation ranges come from data in Brevitas' calibration mode; one more forward pass
+    with quantization on initialises the weight scales.
+
+    Args:
+        model: A QAT model from :func:`prepare_qat`.
+        batches: Preprocessed float input batches.
+    """
+    was_training = model.training
+    batches = list(batches)
+    model.eval()
+    with torch.no_grad(), calibration_mode(model):
+        for batch in batches:
+            model(batch)
+    with torch.no_grad():
+        model(batches[0])
+    model.train(was_training)
+
+
+def load_qat_model(run_dir: str | Path) -> tuple[nn.Module, InputSpec, dict[str, Any]]:
+    """Rebuild a QAT run's fake-quantized model from ``qat.yaml`` and ``model.safetensors``.
+
+    Returns:
+        The model (eval mode), its input spec and the saved ``qat.yaml`` content.
+
+    Raises:
+        FileNotFoundError: If the run directory holds no QAT run.
+    """
+    run_dir = Path(run_dir)
+    settings_path = run_dir / QAT_FILE
+    weights = run_dir / "model.safetensors"
+    if not settings_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no QAT run ({QAT_FILE} + model.safetensors)")
+    settings = yaml.safe_load(settings_path.read_text())
+    source = settings["source"]
+    spec = InputSpec.from_dict(source["input"])
+    base = create_model(source["model"], int(source["num_classes"]), **source["model_kwargs"])
+    probe = torch.zeros(2, 3, *(spec.size or tuple(source["image_size"])))
+    model, _ = prepare_qat(base, QATConfig.from_dict(settings["qat"]), probe)
+    calibrate(model, [probe])  # builds the lazily initialised quantizer state
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval(), spec, settings
+
+
+def qat_train_config(
+    card: dict[str, Any],
+    config: QATConfig,
+    spec: InputSpec,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """The training settings of a QAT run: the model's own recipe, fine-tuning style.
+
+    The recipe stored in the checkpoint's card, with the QAT epochs, a tenth of its
+    learning rate (unless ``config.lr``), a cosine schedule with a short warm-up, no EMA,
+    and the checkpoint's exact normalisation; ``overrides`` win over all of these.
+    """
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    recipe = {k: v for k, v in dict(card.get("recipe") or {}).items() if k in names}
+    base_lr = float(recipe.get("lr", TrainConfig.lr))
+    values = {
+        **recipe,
+        "model": card.get("model", recipe.get("model", "model")),
+        "model_kwargs": dict(card.get("model_kwargs", recipe.get("model_kwargs", {}))),
+        "pretrained": False,
+        "weights": None,
+        "epochs": max(1, config.epochs),
+        "lr": config.lr if config.lr is not None else base_lr / 10,
+        "schedule": "cosine",
+        "warmup": 0.05,
+        "ema_decay": None,
+        "normalize": "custom",
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "input_size": spec.size[0] if spec.size and spec.size[0] == spec.size[1] else None,
+    }
+    values.update(overrides or {})
+    return TrainConfig.from_dict(values)
+
+
+def qat(
+    checkpoint: str | Path | TrainedModel,
+    config: QATConfig,
+    run_dir: str | Path,
+    *,
+    train_config: TrainConfig | None = None,
+    dataset: SceneDataset | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> QATResult:
+    """Quantization-aware training of a trained model.
+
+    Args:
+        checkpoint: The full-precision model: a run directory or weights file (with its card),
+            or a :class:`satcompress.TrainedModel`.
+        config: The QAT settings.
+        run_dir: Output folder (a training run directory, plus ``qat.yaml``).
+        train_config: Training settings; default :func:`qat_train_config` of the card.
+        dataset: An already loaded dataset (default: the one the recipe names).
+        resume: Continue an interrupted QAT run from its last checkpoint.
+        progress: Show progress bars.
+
+    Returns:
+        A :class:`QATResult`; ``status == "diverged"`` when training hit a NaN/inf loss.
+
+    Raises:
+        ConfigError: For bad settings (e.g. a bits map naming missing layers).
+    """
+    run_dir = Path(run_dir)
+    trained = checkpoint if isinstance(checkpoint, TrainedModel) else load_trained(checkpoint)
+    spec = trained.input_spec
+    train_config = train_config or qat_train_config(trained.card, config, spec)
+    dataset = dataset or load_config_dataset(train_config, progress)
+    _check_classes(trained, dataset)
+    L.seed_everything(train_config.seed, workers=True, verbose=False)
+    size = spec.size or dataset.image_size
+    model, layer_bits = prepare_qat(trained.model, config, torch.zeros(2, 3, *size))
+    calibrate(model, _calibration_batches(dataset, spec, config.calibration_images))
+    _save_settings(run_dir, config, trained, dataset, layer_bits)
+    model.train()  # Lightning keeps each module's mode: a loaded model starts in eval mode
+    initial = copy.deepcopy(model.state_dict())
+    loss = _distill_loss(config, trained, model, train_config, dataset)
+    status, message, result = "ok", "", None
+    try:
+        if config.epochs > 0:
+            result = train(
+                train_config,
+                run_dir,
+                model=model,
+                dataset=dataset,
+                loss=loss,
+                resume=resume,
+                progress=progress,
+            )
+    except FloatingPointError as err:
+        status, message = "diverged", _divergence_message(err, config)
+        log.error("%s", message)
+        restored = _recover(model, run_dir, initial)
+        failure = {"status": status, "message": message, "error": str(err)}
+        failure["restored"] = str(restored) if restored else "calibrated starting point"
+        atomic_write_json(run_dir / FAILURE_FILE, failure)
+    finally:
+        if isinstance(loss, DistillationLoss):
+            loss.remove_hooks()
+    model.eval()
+    if result is None:
+        _save_model(model, run_dir, train_config, dataset, spec, config, status, message)
+    else:
+        _update_card(result, config, layer_bits)
+    return QATResult(
+        model, spec, run_dir, layer_bits, status, message, result, dataset, config, train_config
+    )
+
+
+def _check_classes(trained: TrainedModel, dataset: SceneDataset) -> None:
+    classes = trained.card.get("classes")
+    if classes is not None and list(classes) != list(dataset.classes):
+        raise ValueError(
+            f"{trained.weights_path} was trained on classes {classes}, but the dataset has "
+            f"{list(dataset.classes)}"
+        )
+
+
+def _calibration_batches(
+    dataset: SceneDataset, spec: InputSpec, count: int, batch_size: int = 64
+) -> list[torch.Tensor]:
+    from satcompress.compress.quantize.ptq import calibration_images
+
+    images = torch.from_numpy(calibration_images(dataset, count))
+    preprocess = Preprocess(spec)
+    return [preprocess(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+
+
+def _distill_loss(
+    config: QATConfig,
+    trained: TrainedModel,
+    student: nn.Module,
+    train_config: TrainConfig,
+    dataset: SceneDataset,
+) -> DistillationLoss | None:
+    if config.teacher is None:
+        return None
+    # "self": the full-precision model being quantized (the student is a separate copy)
+    teacher = load_teacher(
+        trained if config.teacher == "self" else config.teacher,
+        num_classes=len(dataset.classes),
+    )
+    check_teacher_classes(teacher, dataset.classes, dataset.name, dataset.image_size)
+    return DistillationLoss(
+        teacher.model,
+        teacher.input_spec,
+        config.distill,
+        label_smoothing=train_config.label_smoothing,
+        student=student,
+        student_spec=trained.input_spec,
+        image_size=dataset.image_size,
+        channels_last=train_config.channels_last,
+        augment=train_config.augment,
+    )
+
+
+def _divergence_message(err: Exception, config: QATConfig) -> str:
+    return (
+        f"QAT at {config.bits} bits diverged: {err}. The run was stopped; the model is the "
+        "last good checkpoint (or the calibrated starting point if no epoch finished)"
+    )
+
+
+def _recover(model: nn.Module, run_dir: Path, initial: dict[str, torch.Tensor]) -> Path | None:
+    """Load the last good weights into ``model``; return the checkpoint used (None: initial)."""
+    for name in ("best.ckpt", "last.ckpt"):
+        path = run_dir / "checkpoints" / name
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+            weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+            if all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
+                model.load_state_dict(weights)
+                return path
+    model.load_state_dict(initial)
+    return None
+
+
+def _save_settings(
+    run_dir: Path,
+    config: QATConfig,
+    trained: TrainedModel,
+    dataset: SceneDataset,
+    layer_bits: dict[str, int | None],
+) -> None:
+    card = trained.card
+    source = {
+        "checkpoint": str(trained.weights_path),
+        "model": card["model"],
+        "model_kwargs": dict(card.get("model_kwargs", {})),
+        "num_classes": len(dataset.classes),
+        "classes": list(dataset.classes),
+        "input": trained.input_spec.to_dict(),
+        "image_size": list(dataset.image_size),
+        "weights_sha256": card.get("weights_sha256"),
+    }
+    settings = {"qat": config.to_dict(), "source": source, "layer_bits": layer_bits}
+    atomic_write_bytes(run_dir / QAT_FILE, yaml.safe_dump(settings, sort_keys=False).encode())
+
+
+def _save_model(
+    model: nn.Module,
+    run_dir: Path,
+    train_config: TrainConfig,
+    dataset: SceneDataset,
+    spec: InputSpec,
+    config: QATConfig,
+    status: str,
+    message: str,
+) -> None:
+    """Weights and card when ``train()`` did not write them (no epoch, or divergence)."""
+    weights = run_dir / "model.safetensors"
+    save_weights(model, weights)
+    card = make_card(
+        train_config.model, train_config.model_kwargs, dataset, spec, train_config.to_dict()
+    )
+    card["recipe"]["qat"] = config.to_dict()
+    card.update(
+        qat_status=status, qat_message=message, weights_sha256=file_digest(weights, "sha256")
+    )
+    atomic_write_json(run_dir / "model.json", card)
+
+
+def _update_card(result: TrainResult, config: QATConfig, layer_bits: dict[str, Any]) -> None:
+    result.card["recipe"] = {**result.card["recipe"], "qat": config.to_dict()}
+    result.card["qat_status"] = "ok"
+    if result.is_global_zero:
+        atomic_write_json(result.run_dir / "model.json", result.card)

@@ -1,0 +1,382 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from satcompress.artifact.format import load_artifact
+from satcompress.artifact.onnx import export_onnx, make_session, run_session
+from satcompress.compress.quantize import (
+    PTQConfig,
+    QATConfig,
+    calibrate,
+    export_qat_onnx,
+    load_bits_map,
+    prepare_qat,
+    pytorch_accuracy,
+    quantize,
+    quantize_onnx,
+    resolve_layer_bits,
+)
+from satcompress.config import ConfigError
+from satcompress.data import load_dataset
+from satcompress.models import create_model
+from satcompress.preprocess import InputSpec, Preprocess
+from satcompress.train import TrainConfig, train
+from satcompress.train.task import SupervisedLoss
+
+SPEC = InputSpec(mean=(0.4, 0.5, 0.3), std=(0.2, 0.2, 0.25))
+
+
+@pytest.fixture(scope="module")
+def dataset(eurosat_root):
+    return load_dataset("eurosat", eurosat_root, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cnn_run(eurosat_root, dataset, tmp_path_factory):
+    """test_cnn trained for two epochs on the fixture EuroSAT (run directory with its card)."""
+    run = tmp_path_factory.mktemp("cnn") / "run"
+    config = TrainConfig(
+        model="test_cnn",
+        dataset="eurosat",
+        data_dir=str(eurosat_root),
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        ema_decay=None,
+    )
+    train(config, run, dataset=dataset, progress=False)
+    return run
+
+
+def _images(n=32, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+
+
+def _randomize_bn(model):
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(torch.rand(c, generator=generator) * 0.4 - 0.2)
+            module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(c, generator=generator) * 3 - 1.5)
+    return model
+
+
+def _qat_model(name, bits, images, **config):
+    torch.manual_seed(0)
+    kwargs = {"img_size": 32} if name == "test_vit" else {}
+    model = _randomize_bn(create_model(name, 10, **kwargs).eval())
+    x = Preprocess(SPEC)(torch.from_numpy(images))
+    qat_model, layer_bits = prepare_qat(model, QATConfig(bits=bits, **config), x[:2])
+    calibrate(qat_model, [x])
+    return qat_model.eval(), layer_bits, x
+
+
+# --- PTQ ---------------------------------------------------------------------------------
+
+
+def _has_int8_qdq(model):
+    ops = {n.op_type for n in model.graph.node}
+    int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    return {"QuantizeLinear", "DequantizeLinear"} <= ops and any(len(t.dims) == 4 for t in int8)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PTQConfig(calibration_images=32),
+        PTQConfig(calibration="entropy"),
+        PTQConfig(calibration="percentile", per_channel=False),
+        PTQConfig(equalize=True, bias_correction=True),
+    ],
+    ids=["minmax", "entropy", "percentile-per-tensor", "equalize-biascorr"],
+)
+def test_ptq_static_writes_a_qdq_graph_close_to_fp32(tmp_path, config):
+    torch.manual_seed(0)
+    model = _randomize_bn(create_model("test_resnet", 10).eval())
+    fp32 = export_onnx(model, SPEC, (32, 32), tmp_path / "fp32.onnx", {"model": "test_resnet"})
+    images = _images(64)
+    int8 = quantize_onnx(fp32, tmp_path / "int8.onnx", images, config)
+    proto = onnx.load(str(int8))
+    assert _has_int8_qdq(proto)
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["model"]) == "test_resnet"
+    reference = run_session(make_session(fp32, 1), images)
+    quantized = run_session(make_session(int8, 1), images)
+    error = np.abs(quantized - reference).mean() / np.abs(reference).mean()
+    assert error < 0.05
+    assert (quantized.argmax(1) == reference.argmax(1)).mean() >= 0.9
+
+
+def test_ptq_keeps_preprocessing_in_float_by_default(tmp_path):
+    model = create_model("test_cnn", 10).eval()
+    fp32 = export_onnx(model, SPEC, (32, 32), tmp_path / "fp32.onnx")
+    int8 = quantize_onnx(fp32, tmp_path / "int8.onnx", _images(16), PTQConfig())
+    names = [t.name for t in onnx.load(str(int8)).graph.initializer]
+    assert "preprocess.inv_std" in names and not any(
+        n.startswith("preprocess.inv_std_") for n in names
+    )
+
+
+def test_ptq_auto_uses_dynamic_int8_for_vit_linear_layers(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("test_vit", 10, img_size=32).eval()
+    fp32 = export_onnx(model, SPEC, (32, 32), tmp_path / "fp32.onnx")
+    int8 = quantize_onnx(fp32, tmp_path / "int8.onnx", None, PTQConfig())
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeLinear" in ops
+    images = _images(16)
+    reference = run_session(make_session(fp32, 1), images)
+    quantized = run_session(make_session(int8, 1), images)
+    assert np.abs(quantized - reference).mean() / np.abs(reference).mean() < 0.05
+
+
+def test_ptq_end_to_end_from_a_run_directory(cnn_run, dataset, tmp_path):
+    result = quantize(
+        cnn_run,
+        "ptq",
+        run_dir=tmp_path / "ptq",
+        config=PTQConfig(calibration_images=32),
+        dataset=dataset,
+        latency=None,
+        progress=False,
+    )
+    assert result.status == "ok" and _has_int8_qdq(onnx.load(str(result.onnx_path)))
+    record = result.record
+    assert record["format"] == "artifact-int8"
+    assert record["size_bytes"] == result.artifact_path.stat().st_size
+    assert record["bound_bytes"] == result.bound_bytes
+    fp32 = run_session(make_session(tmp_path / "ptq" / "model_fp32.onnx", 1), _fixture(dataset))
+    int8 = run_session(make_session(result.onnx_path, 1), _fixture(dataset))
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9
+
+
+def _fixture(dataset, split="test"):
+    return np.ascontiguousarray(dataset.splits[split].images.numpy())
+
+
+# --- QAT: configuration -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [0, 9, 16, "4", 2.0])
+def test_unsupported_bit_widths_are_refused(bits):
+    with pytest.raises(ConfigError, match="unsupported bit-width"):
+        QATConfig(bits=bits)
+
+
+def test_bad_bits_map_values_and_activation_bits_are_refused():
+    with pytest.raises(ConfigError, match="unsupported bit-width"):
+        QATConfig(bits_map={"0": 12})
+    with pytest.raises(ConfigError, match="activation_bits"):
+        QATConfig(activation_bits=1)
+    with pytest.raises(ConfigError, match="first_last"):
+        QATConfig(first_last="fp16")
+
+
+def test_bits_map_naming_missing_layers_is_refused_with_suggestions():
+    model = create_model("test_resnet", 10)
+    probe = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(ConfigError, match=r"'layer1.conv3' \(did you mean layer1.conv"):
+        resolve_layer_bits(model, QATConfig(bits_map={"layer1.conv3": 2}), probe)
+    with pytest.raises(ConfigError, match="Quantizable layers"):
+        resolve_layer_bits(model, QATConfig(bits_map={"stem.1": 4}), probe)  # a BatchNorm
+
+
+def test_layer_bits_follow_bits_first_last_policy_and_bits_map(tmp_path):
+    model = create_model("test_resnet", 10)
+    probe = torch.zeros(2, 3, 32, 32)
+    bits = resolve_layer_bits(model, QATConfig(bits=2), probe)
+    assert bits["stem.0"] == 8 and bits["fc"] == 8 and bits["layer1.conv1"] == 2
+    bits = resolve_layer_bits(model, QATConfig(bits=2, first_last="float"), probe)
+    assert bits["stem.0"] is None and bits["fc"] is None
+    path = tmp_path / "bits.yaml"
+    path.write_text("layer1.conv1: 4\nfc: 32\n")
+    bits = resolve_layer_bits(model, QATConfig(bits=3, bits_map=load_bits_map(path)), probe)
+    assert bits["layer1.conv1"] == 4 and bits["fc"] is None and bits["layer2.conv2"] == 3
+
+
+# --- QAT: export matches the fake-quant model ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "bits"),
+    [("test_cnn", 8), ("test_cnn", 3), ("test_resnet", 4), ("test_resnet", 1), ("test_vit", 2)],
+)
+def test_qat_export_reproduces_the_fake_quant_model(tmp_path, name, bits):
+    images = _images(48)
+    model, layer_bits, x = _qat_model(name, bits, images, first_last="same")
+    path, init_bits, layers = export_qat_onnx(
+        model, SPEC, (32, 32), tmp_path / "qat.onnx", layer_bits
+    )
+    proto = onnx.load(str(path))
+    ops = {n.op_type for n in proto.graph.node}
+    assert "BatchNormalization" not in ops and "DequantizeLinear" in ops
+    assert set(layers.values()) == {n for n, b in layer_bits.items() if b is not None}
+    for tensor in proto.graph.initializer:
+        if tensor.name in init_bits:
+            values = numpy_helper.to_array(tensor)
+            limit = 1 if bits == 1 else (1 << (bits - 1)) - 1
+            assert values.dtype == np.int8 and np.abs(values).max() <= limit
+            if bits == 1:
+                assert set(np.unique(values)) <= {-1, 1}
+    with torch.no_grad():
+        reference = model(x).numpy()
+    _assert_matches(run_session(make_session(path, 1), images), reference)
+
+
+def _assert_matches(exported, reference):
+    """Equal up to rare one-step rounding flips: Brevitas rounds ``x / s + z``, ONNX
+    ``x / s`` then adds ``z``, which differ only within float rounding of a tie."""
+    error = np.abs(exported - reference)
+    assert np.median(error) <= 1e-6 * np.abs(reference).max()
+    assert error.mean() <= 0.01 * np.abs(reference).mean()
+    assert (exported.argmax(1) == reference.argmax(1)).mean() >= 0.95
+
+
+@pytest.mark.parametrize("activation_bits", [4, None])
+def test_activation_bits_below_8_or_float_activations_export_exactly(tmp_path, activation_bits):
+    images = _images(32)
+    model, layer_bits, x = _qat_model("test_cnn", 4, images, activation_bits=activation_bits)
+    path, _, _ = export_qat_onnx(model, SPEC, (32, 32), tmp_path / "a.onnx", layer_bits)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ("QuantizeLinear" in ops) == (activation_bits is not None)
+    with torch.no_grad():
+        reference = model(x).numpy()
+    _assert_matches(run_session(make_session(path, 1), images), reference)
+
+
+# --- QAT: training through the one loop -------------------------------------------------
+
+
+def test_qat_4_bits_trains_one_epoch_and_the_artifact_agrees_with_pytorch(
+    cnn_run, dataset, tmp_path
+):
+    config = QATConfig(bits=4, epochs=1, calibration_images=32)
+    result = quantize(
+        cnn_run, "qat", run_dir=tmp_path / "q4", config=config, dataset=dataset, latency=None,
+        progress=False,
+    )  # fmt: skip
+    assert result.status == "ok" and result.qat.train is not None
+    record = result.record
+    assert record["format"] == "artifact-int4-mixed"  # first and last layers at 8 bits
+    assert abs(record["accuracy"] - record["pytorch_accuracy"]) <= 0.001
+    assert (tmp_path / "q4" / "checkpoints" / "last.ckpt").is_file()
+    card = json.loads((tmp_path / "q4" / "model.json").read_text())
+    assert card["recipe"]["qat"]["bits"] == 4
+    manifest = load_artifact(result.artifact_path).manifest
+    weights = [t for t in manifest["tensors"] if t["role"] == "weight" and t["kind"] == "int"]
+    assert {t["bits"] for t in weights} == {4, 8}
+
+
+def test_qat_with_distillation_from_the_full_precision_model(cnn_run, dataset, tmp_path):
+    config = QATConfig(bits=2, epochs=1, calibration_images=16, teacher="self")
+    result = quantize(
+        cnn_run, "qat", run_dir=tmp_path / "kd", config=config, dataset=dataset,
+        evaluate=False, progress=False,
+    )  # fmt: skip
+    assert result.status == "ok"
+    assert result.manifest["recipe"]["qat"]["teacher"] == "self"
+
+
+def _nan_after(monkeypatch, calls):
+    """Make the supervised loss NaN from its ``calls``-th call on."""
+    original = SupervisedLoss.forward
+    count = {"n": 0}
+
+    def forward(self, logits, labels, images):
+        count["n"] += 1
+        loss = original(self, logits, labels, images)
+        return loss * float("nan") if count["n"] > calls else loss
+
+    monkeypatch.setattr(SupervisedLoss, "forward", forward)
+
+
+@pytest.mark.parametrize(("calls", "restored"), [(3, "best.ckpt"), (0, "calibrated")])
+def test_qat_divergence_is_stopped_reported_and_the_last_good_model_kept(
+    cnn_run, dataset, tmp_path, monkeypatch, calls, restored
+):
+    _nan_after(monkeypatch, calls)  # the fixture split has 3 batches per epoch
+    config = QATConfig(bits=1, epochs=2, calibration_images=16)
+    run = tmp_path / "q1"
+    result = quantize(
+        cnn_run, "qat", run_dir=run, config=config, dataset=dataset, latency=None, progress=False
+    )
+    assert result.status == "diverged"
+    assert "diverged" in result.message and "loss became nan" in result.message
+    failure = json.loads((run / "qat_failure.json").read_text())
+    assert failure["status"] == "diverged" and restored in failure["restored"]
+    assert result.record["status"] == "diverged" and 0 <= result.record["accuracy"] <= 1
+    assert result.artifact_path.is_file()
+    state = result.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    if calls:
+        assert (run / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_qat_pytorch_accuracy_helper_matches_a_manual_count(cnn_run, dataset):
+    from satcompress.checkpoint import load_trained
+
+    trained = load_trained(cnn_run)
+    accuracy = pytorch_accuracy(trained.model, trained.input_spec, dataset, "val")
+    with torch.no_grad():
+        logits = trained.model(Preprocess(trained.input_spec)(dataset.splits["val"].images))
+    expected = (logits.argmax(1) == dataset.splits["val"].labels).float().mean().item()
+    assert accuracy == pytest.approx(expected)
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def test_cli_ptq_then_inspect_eval_and_fp32_export(cnn_run, tmp_path, capsys):
+    from satcompress.cli import main
+
+    out = tmp_path / "ptq"
+    args = ["--checkpoint", str(cnn_run), "--run-dir", str(out), "--no-latency"]
+    assert main(["quantize", "--method", "ptq", "--calibration-images", "16", *args]) == 0
+    artifact = out / "model.satc"
+    assert "bound sum(params x bits)/8" in capsys.readouterr().out
+    assert main(["inspect", str(artifact)]) == 0
+    text = capsys.readouterr().out
+    assert "artifact-int8" in text and "sparsity" in text and "scales/zero points" in text
+    evaluated = tmp_path / "eval"
+    assert (
+        main(["eval", "--artifact", str(artifact), "--no-latency", "--run-dir", str(evaluated)])
+        == 0
+    )
+    record = json.loads((evaluated / "record.json").read_text())
+    assert record["size_bytes"] == artifact.stat().st_size and record["format"] == "artifact-int8"
+    assert record["bound_bytes"] > 0
+    assert main(["quantize", "--method", "ptq", "--bits", "4", *args]) == 2
+    assert "use --method qat" in capsys.readouterr().err
+    fp32 = tmp_path / "fp32.satc"
+    assert main(["export", "--checkpoint", str(cnn_run), "--output", str(fp32)]) == 0
+    assert main(["eval", "--artifact", str(fp32), "--no-latency", "--run-dir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "record.json").read_text())["format"] == "artifact-fp32"
+
+
+def test_cli_qat_2_bits_one_epoch_and_export_from_the_run(cnn_run, dataset, tmp_path, capsys):
+    from satcompress.cli import main
+
+    out = tmp_path / "w2"
+    args = ["--checkpoint", str(cnn_run), "--run-dir", str(out), "--calibration-images", "16"]
+    qat_args = ["quantize", "--method", "qat", "--bits", "2", "--epochs", "1", *args]
+    assert main([*qat_args, "--no-latency"]) == 0
+    record = json.loads((out / "record.json").read_text())
+    assert record["format"] == "artifact-int2-mixed" and record["status"] == "ok"
+    assert abs(record["accuracy"] - record["pytorch_accuracy"]) <= 0.001
+    # rebuilt in a new model from qat.yaml + model.safetensors, then exported again
+    again = tmp_path / "again.satc"
+    assert main(["export", "--checkpoint", str(out), "--output", str(again)]) == 0
+    rebuilt = load_artifact(again).save_onnx(tmp_path / "again.onnx")
+    images = _fixture(dataset)
+    expected = run_session(make_session(out / "model_qdq.onnx", 1), images)
+    assert np.array_equal(run_session(make_session(rebuilt, 1), images), expected)
+    bits_map = tmp_path / "bits.yaml"
+    bits_map.write_text("layer9: 2\n")
+    capsys.readouterr()
+    assert main([*qat_args, "--bits-map", str(bits_map), "--run-dir", str(tmp_path / "bad")]) == 2
+    assert "bits_map names layers the model does not have: 'layer9'" in capsys.readouterr().err
