@@ -99,23 +99,9 @@ def test_artifact_round_trips_in_a_fresh_process(artifact_2bit, tmp_path):
         np.save({str(tmp_path / "logits.npy")!r}, run_session(make_session(onnx_path, 1), images))
         """
     )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=900)
     logits = np.load(tmp_path / "logits.npy")
     assert np.array_equal(logits, expected)
-    assert np.array_equal(logits.argmax(1), expected.argmax(1))
-
-
-def test_dequantized_weights_compute_the_same_function(artifact_2bit, tmp_path):
-    onnx_path, path = artifact_2bit
-    fast = load_artifact(path).save_onnx(tmp_path / "fast.onnx", dequantize_weights=True)
-    proto = onnx.load(str(fast))
-    assert not any(
-        t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1 for t in proto.graph.initializer
-    )
-    images = _images(8, seed=5)
-    expected = run_session(make_session(onnx_path, 1), images)
-    logits = run_session(make_session(fast, 1), images)
-    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
     assert np.array_equal(logits.argmax(1), expected.argmax(1))
 
 

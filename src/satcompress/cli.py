@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
     _add_distill_command(commands)
     __import__("satcompress.compress.prune.cli", fromlist=["add_commands"]).add_commands(commands)
-    __import__("satcompress.compress.quantize.cli", fromlist=["add_commands"]).add_commands(commands)
-    __import__("satcompress.artifact.cli", fromlist=["add_commands"]).add_commands(commands)
+    __import__("satcompress.compress.quantize.cli", fromlist=["cli"]).add_commands(commands)
+    __import__("satcompress.artifact.cli", fromlist=["cli"]).add_commands(commands)
 
     evaluate = commands.add_parser("eval", help="accuracy, size and latency of a trained model")
     source = evaluate.add_argument_group("model")

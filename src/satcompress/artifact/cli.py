@@ -107,10 +107,34 @@ def export_artifact(
         manifest = _export_qat_run(source, output, compress)
     elif source.is_dir() and (source / "model_int8.onnx").is_file():
         int8 = source / "model_int8.onnx"
-        manifest = write_artifact(int8, output, info=_onnx_info(int8), compress=compress)
+        info = _onnx_info(int8)
+        if (source / f"model{ARTIFACT_SUFFIX}").is_file():  # keep the run's description
+            info = _description(load_artifact(source / f"model{ARTIFACT_SUFFIX}").manifest)
+        manifest = write_artifact(int8, output, info=info, compress=compress)
     else:
         manifest = _export_fp32(source, output, image_size, compress)
     return {**manifest, "path": str(output)}
+
+
+_DESCRIPTION = (
+    "model", "classes", "input_spec", "image_size", "params", "macs", "recipe", "dataset",
+    "data_dir", "split_dir", "split_fingerprint",
+)  # fmt: skip
+
+
+def _description(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {k: manifest[k] for k in _DESCRIPTION if k in manifest}
+
+
+def _data_info(source: dict[str, Any]) -> dict[str, Any]:
+    """Where the data lives, from a card (its recipe) or a QAT run's ``source`` entry."""
+    recipe = source.get("recipe") or {}
+    return {
+        "dataset": source.get("dataset") or recipe.get("dataset"),
+        "data_dir": source.get("data_dir") or recipe.get("data_dir"),
+        "split_dir": source.get("split_dir") or recipe.get("split_dir"),
+        "split_fingerprint": source.get("split_fingerprint"),
+    }
 
 
 def _onnx_info(path: Path) -> dict[str, Any]:
@@ -148,6 +172,7 @@ def _export_qat_run(run: Path, output: Path, compress: bool) -> dict[str, Any]:
             params=sum(p.numel() for n, p in model.named_parameters() if "_quant." not in n),
             macs=count_macs(plain, spec.size or image_size),
             recipe={"stage": "quantize", "method": "qat", "qat": settings["qat"]},
+            **_data_info(source),
         )
         return write_artifact(
             onnx_path, output, bits=bits, layers=layers, info=info, compress=compress
@@ -180,6 +205,7 @@ def _export_fp32(
             params=count_params(trained.model),
             macs=count_macs(trained.model, trained.input_spec.size or size),
             recipe={"stage": "export", **(card.get("recipe") or {})},
+            **_data_info(card),
         )
         return write_artifact(onnx_path, output, info=info, compress=compress)
 

@@ -179,15 +179,8 @@ class Artifact:
     size_bytes: int
     _payload: bytes = dataclasses.field(repr=False, default=b"")
 
-    def onnx_model(self, dequantize_weights: bool = False) -> onnx.ModelProto:
+    def onnx_model(self) -> onnx.ModelProto:
         """Rebuild the ONNX model, bit-exact to the one written.
-
-        Args:
-            dequantize_weights: Replace each constant weight's ``DequantizeLinear`` by its
-                float result (the same float32 values ONNX Runtime computes at run time).
-                The graph then computes exactly the same thing, trading the int8 weights in
-                memory for not dequantizing them at every run; useful for graphs without int8
-                kernels (QAT graphs quantize layer inputs, not outputs).
 
         Raises:
             ArtifactError: If a stored tensor does not decode to its declared shape.
@@ -197,12 +190,11 @@ class Artifact:
         proto = onnx.load_from_string(lzma.decompress(skeleton))
         for entry in self.manifest["tensors"]:
             proto.graph.initializer.append(_decode_tensor(entry, self._payload))
-        return _dequantize_constant_weights(proto) if dequantize_weights else proto
+        return proto
 
-    def save_onnx(self, path: str | Path, dequantize_weights: bool = False) -> Path:
-        """Write the rebuilt ONNX model to ``path`` (atomically); see :meth:`onnx_model`."""
-        model = self.onnx_model(dequantize_weights)
-        return atomic_write_bytes(path, model.SerializeToString())
+    def save_onnx(self, path: str | Path) -> Path:
+        """Write the rebuilt ONNX model to ``path`` (atomically)."""
+        return atomic_write_bytes(path, self.onnx_model().SerializeToString())
 
     @property
     def bound_bytes(self) -> float:
@@ -436,35 +428,6 @@ def _slice(payload: bytes, offset: int, length: int) -> bytes:
     if offset < 0 or length < 0 or offset + length > len(payload):
         raise ArtifactError(f"manifest points outside the payload ({offset}+{length})")
     return payload[offset : offset + length]
-
-
-def _dequantize_constant_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold ``DequantizeLinear`` of constant int8 weights into float32 initializers."""
-    inits = {t.name: t for t in proto.graph.initializer}
-    kept, folded = [], []
-    for node in proto.graph.node:
-        if node.op_type != "DequantizeLinear" or not all(n in inits for n in node.input):
-            kept.append(node)
-            continue
-        q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
-        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        zero = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 else 0
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        shape = [1] * q.ndim
-        if scale.ndim == 1 and q.ndim > 0:
-            shape[axis % q.ndim] = -1
-        zero = np.reshape(zero, shape).astype(np.float32)
-        values = (q - zero) * np.reshape(scale, shape if scale.ndim else ())
-        folded.append(numpy_helper.from_array(values.astype(np.float32), node.output[0]))
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    del out.graph.node[:]
-    out.graph.node.extend(kept)
-    used = {name for node in kept for name in node.input} | {o.name for o in out.graph.output}
-    keep = [t for t in [*proto.graph.initializer, *folded] if t.name in used]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(keep)  # copies (from ``proto`` and ``folded``)
-    return out
 
 
 def _stats(entries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -85,6 +85,10 @@ class QATConfig(Config):
             layer of the model.
         first_last: Policy for the first and last quantized layers: ``8bit``, ``same`` (as
             ``bits``) or ``float`` (not quantized).
+        output_quant: Also quantize (8 bits) each quantized convolution's output after its
+            batch norm, so ONNX Runtime runs it with int8 kernels (``QLinearConv``); off, only
+            layer inputs are quantized and the runtime convolves dequantized weights in float.
+            No effect with float activations (``activation_bits=None``).
         epochs: QAT epochs.
         lr: Peak learning rate; None = a tenth of the training recipe's.
         weight_scale: Weight scale initialisation below 8 bits: ``mse`` (learned, initialised by
@@ -99,6 +103,7 @@ class QATConfig(Config):
     activation_bits: int | None = 8
     bits_map: dict[str, int] = dataclasses.field(default_factory=dict)
     first_last: str = "8bit"
+    output_quant: bool = True
     epochs: int = 3
     lr: float | None = None
     weight_scale: str = "mse"

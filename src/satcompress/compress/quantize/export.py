@@ -31,7 +31,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from satcompress.artifact.onnx import export_onnx
-from satcompress.compress.quantize.qat import _set_module, quant_layers
+from satcompress.compress.quantize.qat import _set_module, output_quantizers, quant_layers
 from satcompress.preprocess import InputSpec
 from satcompress.utils.io import atomic_write_bytes
 
@@ -91,14 +91,43 @@ def _fake_quant_activation(x: torch.Tensor, act: dict[str, Any]) -> torch.Tensor
     return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
 
 
-def activation_params(model: nn.Module, probe: torch.Tensor) -> dict[str, dict[str, Any] | None]:
-    """Scale, zero point, bits and signedness of each quantized layer's input quantizer."""
-    found: dict[str, dict[str, Any] | None] = {}
-    hooks = []
+class FakeQuantActivation(nn.Module):
+    """A trained Brevitas ``QuantIdentity`` (a layer's output quantizer) as a fake-quant op.
+
+    Args:
+        act: Its ``scale``, ``zero_point``, ``bits`` and ``signed``.
+    """
+
+    def __init__(self, act: dict[str, Any]) -> None:
+        super().__init__()
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize and dequantize ``x``."""
+        return _fake_quant_activation(x, self.act)
+
+
+def _quantizers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every enabled activation quantizer: layer inputs and output quantizers, by module name."""
+    found = {}
     for name, layer in quant_layers(model).items():
-        found[name] = None
         if layer.input_quant.is_quant_enabled:
-            hooks.append(layer.input_quant.register_forward_hook(_act_hook(found, name)))
+            found[name] = layer.input_quant
+    for name, module in output_quantizers(model).items():
+        found[name] = module.act_quant
+    return found
+
+
+def activation_params(model: nn.Module, probe: torch.Tensor) -> dict[str, dict[str, Any] | None]:
+    """Scale, zero point, bits and signedness of each activation quantizer, by module name.
+
+    Quantized layers without an input quantizer map to None.
+    """
+    found: dict[str, dict[str, Any] | None] = dict.fromkeys(quant_layers(model))
+    hooks = [
+        proxy.register_forward_hook(_act_hook(found, name))
+        for name, proxy in _quantizers(model).items()
+    ]
     was_training = model.training
     try:
         with torch.no_grad():
@@ -107,6 +136,9 @@ def activation_params(model: nn.Module, probe: torch.Tensor) -> dict[str, dict[s
         for hook in hooks:
             hook.remove()
         model.train(was_training)
+    missing = [n for n in _quantizers(model) if found.get(n) is None]
+    if missing:
+        raise RuntimeError(f"activation quantizers never called on a forward pass: {missing}")
     return found
 
 
@@ -126,11 +158,13 @@ def _act_hook(found: dict[str, Any], name: str) -> Any:
 
 
 def to_fake_quant_module(model: nn.Module, probe: torch.Tensor) -> nn.Module:
-    """A copy of a QAT model with every Brevitas layer replaced by :class:`FakeQuantLayer`."""
+    """A copy of a QAT model with Brevitas modules replaced by plain fake-quant modules."""
     acts = activation_params(model, probe)
     deploy = copy.deepcopy(model).eval()
     for name, layer in quant_layers(model).items():
         _set_module(deploy, name, FakeQuantLayer(layer.eval(), acts[name]))
+    for name in output_quantizers(model):
+        _set_module(deploy, name, FakeQuantActivation(acts[name]))
     return deploy
 
 
@@ -318,16 +352,22 @@ class _QDQEditor:
         self._bypass(bn, conv.output[0])
 
     def split_conv_biases(self) -> None:
-        """Conv(x, DQ(w), b) becomes Add(Conv(x, DQ(w)), b).
+        """Conv(x, DQ(w), b) becomes Add(Conv(x, DQ(w)), b) unless a QuantizeLinear follows.
 
         ONNX Runtime rounds the float bias of a Conv with dequantized inputs to int32 steps of
         ``input_scale * weight_scale`` (its bias-quantization pass); a separate Add keeps the
-        bias exact, so the graph computes what the fake-quant model computed.
+        bias exact, so the graph computes what the fake-quant model computed. A Conv followed
+        by its output quantizer keeps its bias: ONNX Runtime then runs ``QLinearConv`` (int8
+        kernels, int32 bias), which matches the fake-quant model up to rare one-step
+        rounding differences of the output.
         """
         for conv in [n for n in self._nodes() if n.op_type == "Conv" and _has_bias(n)]:
             dq = self.producer(conv.input[1])
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
+            users = self.consumers(conv.output[0])
+            if len(users) == 1 and users[0].op_type == "QuantizeLinear":
+                continue  # an output quantizer follows: ORT fuses Conv + Q into QLinearConv
             bias = self.array(conv.input[2]).astype(np.float32)
             name = self.unique(f"{conv.input[2]}_channels")
             self.set_init(name, bias.reshape(1, -1, 1, 1))

@@ -47,7 +47,7 @@ with warnings.catch_warnings():  # Brevitas warns at import about optional CUDA 
     warnings.simplefilter("ignore")
     from brevitas.graph.calibrate import calibration_mode
     from brevitas.inject.enum import ScalingImplType, ScalingPerOutputType, StatsOp
-    from brevitas.nn import QuantConv2d, QuantLinear
+    from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
     from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
     from brevitas.quant import (
         Int8WeightPerChannelFloat,
@@ -188,11 +188,42 @@ def prepare_qat(
     """
     model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     layer_bits = resolve_layer_bits(model, config, probe)
+    quantize_outputs = config.output_quant and config.activation_bits is not None
+    norms = conv_batch_norms(model) if quantize_outputs else {}
     for name, bits in layer_bits.items():
         if bits is not None:
             layer = model.get_submodule(name)
             _set_module(model, name, _quant_layer(layer, bits, config))
+            if name in norms:
+                norm = model.get_submodule(norms[name])
+                _set_module(model, norms[name], nn.Sequential(norm, _output_quant()))
     return model, layer_bits
+
+
+def conv_batch_norms(model: nn.Module) -> dict[str, str]:
+    """``{conv: batch norm}`` for each Conv2d whose BatchNorm2d is registered right after it.
+
+    Torchvision and timm blocks register a convolution's batch norm next to it (``conv1,
+    bn1``; ``Conv2dNormActivation``); the export checks that the graph agrees.
+    """
+    pairs = {}
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        for (name, conv), (next_name, norm) in zip(children, children[1:], strict=False):
+            if (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(norm, nn.BatchNorm2d)
+                and norm.num_features == conv.out_channels
+            ):
+                prefix = f"{parent_name}." if parent_name else ""
+                pairs[prefix + name] = prefix + next_name
+    return pairs
+
+
+def _output_quant() -> nn.Module:
+    return QuantIdentity(
+        act_quant=ShiftedUint8ActPerTensorFloat, bit_width=8, return_quant_tensor=False
+    )
 
 
 def _quant_layer(layer: nn.Module, bits: int, config: QATConfig) -> nn.Module:
@@ -235,6 +266,11 @@ def quant_layers(model: nn.Module) -> dict[str, QuantWeightBiasInputOutputLayer]
     return {
         n: m for n, m in model.named_modules() if isinstance(m, QuantWeightBiasInputOutputLayer)
     }
+
+
+def output_quantizers(model: nn.Module) -> dict[str, nn.Module]:
+    """The output quantizers (Brevitas ``QuantIdentity``) of a QAT model by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantIdentity)}
 
 
 def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
@@ -477,6 +513,10 @@ def _save_settings(
         "input": trained.input_spec.to_dict(),
         "image_size": list(dataset.image_size),
         "weights_sha256": card.get("weights_sha256"),
+        "dataset": dataset.name,
+        "data_dir": str(dataset.root),
+        "split_dir": str(dataset.split_dir) if dataset.split_dir else None,
+        "split_fingerprint": dataset.split_fingerprint,
     }
     settings = {"qat": config.to_dict(), "source": source, "layer_bits": layer_bits}
     atomic_write_bytes(run_dir / QAT_FILE, yaml.safe_dump(settings, sort_keys=False).encode())
