@@ -137,6 +137,19 @@ def _shared_eval(shared_data, tmp_path, extra):
     return json.loads((out / "record.json").read_text()), card
 
 
+def test_shared_card_supplies_normalisation(tmp_path):
+    """The shared model's own card (prose 'input', mean/std lists) is read as it is."""
+    if not SHARED_WEIGHTS.is_file():
+        pytest.skip("shared model not found")
+    from satcompress.checkpoint import load_trained
+
+    loaded = load_trained(SHARED_WEIGHTS, num_classes=10)
+    card = json.loads(SHARED_CARD.read_text())
+    assert loaded.card["model"] == "resnet18"
+    assert loaded.input_spec.mean == pytest.approx(card["mean"])
+    assert loaded.input_spec.std == pytest.approx(card["std"])
+
+
 @pytest.mark.slow
 def test_shared_resnet18_reproduces_its_card(shared_data, tmp_path):
     record, card = _shared_eval(shared_data, tmp_path, [])

@@ -12,6 +12,8 @@ from satcompress.models import create_model
 from satcompress.preprocess import InputSpec
 from satcompress.utils.io import read_json
 
+CARD_FORMAT = "satcompress.card/1"
+
 
 @dataclasses.dataclass
 class TrainedModel:
@@ -39,9 +41,17 @@ def weights_file(path: str | Path) -> Path:
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
-    """The card of a run directory or weights file; empty if there is none."""
-    card = find_card(weights_file(path))
-    return read_json(card) if card else {}
+    """The card of a run directory or weights file; empty if there is none.
+
+    A card that satcompress did not write (such as the shared model's) may describe its
+    recipe in prose; that recipe is kept as ``source_recipe`` so that nothing mistakes it
+    for a :class:`~satcompress.train.TrainConfig`.
+    """
+    path = find_card(weights_file(path))
+    card = read_json(path) if path else {}
+    if card.get("format") != CARD_FORMAT and "recipe" in card:
+        card["source_recipe"] = card.pop("recipe")
+    return card
 
 
 def load_trained(
@@ -95,7 +105,7 @@ def load_trained(
 
 
 def _spec_from_card(card: dict[str, Any]) -> InputSpec:
-    if "input" in card:
+    if isinstance(card.get("input"), dict):  # our cards; others may describe it in prose
         return InputSpec.from_dict(card["input"])
     if "mean" in card and "std" in card:
         return InputSpec(mean=tuple(card["mean"]), std=tuple(card["std"]))

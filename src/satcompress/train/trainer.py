@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheck
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
+from satcompress.checkpoint import CARD_FORMAT
 from satcompress.config import ConfigError
 from satcompress.data import SceneDataModule, SceneDataset, load_dataset
 from satcompress.models import create_model, model_info
@@ -25,8 +26,6 @@ from satcompress.train.task import ClassificationTask, TrainingLoss
 from satcompress.utils.io import atomic_write_bytes, atomic_write_json, file_digest
 
 log = logging.getLogger(__name__)
-
-CARD_FORMAT = "satcompress.card/1"
 
 
 @dataclasses.dataclass

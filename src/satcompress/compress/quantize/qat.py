@@ -5,9 +5,17 @@ alike: no graph tracing) for Brevitas' ``QuantConv2d``/``QuantLinear``: per-outp
 symmetric weights at 1..8 bits (1 bit: sign times a learned per-channel scale) and an
 asymmetric unsigned activation quantizer on each layer's input. Batch norms are kept and
 train as usual; :mod:`satcompress.compress.quantize.export` folds them into the per-channel
-weight scales, which leaves the integer weights exact. :func:`qat` calibrates the activation
-ranges, then fine-tunes with :func:`satcompress.train.train` (optionally distilling from the
-full-precision model) and writes the QDQ ONNX file and the deployable artifact.
+weight scales, which leaves the integer weights exact. With ``output_quant`` (default) each
+convolution's output is also quantized after its batch norm, which is what ONNX Runtime needs
+to run the convolution with int8 kernels (``QLinearConv``) instead of in float.
+
+:func:`qat` calibrates the activation ranges, then fine-tunes with
+:func:`satcompress.train.train` (optionally distilling from the full-precision model);
+:func:`satcompress.compress.quantize.quantize` then writes the QDQ ONNX file and the artifact.
+
+Why Brevitas and what is written here: Brevitas provides the quantizers (learned scales,
+straight-through estimators, calibration); the layer swap by module name (instead of its FX
+graph mode, which timm ViTs defeat), the 1-bit per-channel quantizer and the export are ours.
 
 Divergence (a NaN or infinite loss, common at 1 bit): the training task raises
 ``FloatingPointError``; :func:`qat` stops that run, restores the last good checkpoint (or the
@@ -371,7 +379,8 @@ def qat(
             or a :class:`satcompress.TrainedModel`.
         config: The QAT settings.
         run_dir: Output folder (a training run directory, plus ``qat.yaml``).
-        train_config: Training settings; default :func:`qat_train_config` of the card.
+        train_config: Training settings; default :func:`qat_train_config` of the card. Its
+            epochs are replaced by ``config.epochs``.
         dataset: An already loaded dataset (default: the one the recipe names).
         resume: Continue an interrupted QAT run from its last checkpoint.
         progress: Show progress bars.
@@ -386,6 +395,8 @@ def qat(
     trained = checkpoint if isinstance(checkpoint, TrainedModel) else load_trained(checkpoint)
     spec = trained.input_spec
     train_config = train_config or qat_train_config(trained.card, config, spec)
+    if config.epochs > 0 and train_config.epochs != config.epochs:
+        train_config = train_config.replace(epochs=config.epochs)  # QATConfig.epochs decides
     dataset = dataset or load_config_dataset(train_config, progress)
     _check_classes(trained, dataset)
     L.seed_everything(train_config.seed, workers=True, verbose=False)
