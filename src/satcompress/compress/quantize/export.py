@@ -31,7 +31,12 @@ from onnx import numpy_helper
 from torch import nn
 
 from satcompress.artifact.onnx import export_onnx
-from satcompress.compress.quantize.qat import _set_module, output_quantizers, quant_layers
+from satcompress.compress.quantize.qat import (
+    _set_module,
+    output_quantizers,
+    quant_layers,
+    run_with_hooks,
+)
 from satcompress.preprocess import InputSpec
 from satcompress.utils.io import atomic_write_bytes
 
@@ -128,14 +133,7 @@ def activation_params(model: nn.Module, probe: torch.Tensor) -> dict[str, dict[s
         proxy.register_forward_hook(_act_hook(found, name))
         for name, proxy in _quantizers(model).items()
     ]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(probe)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
+    run_with_hooks(model, probe, hooks)
     missing = [n for n in _quantizers(model) if found.get(n) is None]
     if missing:
         raise RuntimeError(f"activation quantizers never called on a forward pass: {missing}")

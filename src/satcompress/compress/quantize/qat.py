@@ -128,6 +128,12 @@ def execution_order(model: nn.Module, probe: torch.Tensor) -> list[str]:
         module.register_forward_pre_hook(lambda m, a, name=name: order.append(name))
         for name, module in quantizable_layers(model).items()
     ]
+    run_with_hooks(model, probe, hooks)
+    return list(dict.fromkeys(order))
+
+
+def run_with_hooks(model: nn.Module, probe: torch.Tensor, hooks: list) -> None:
+    """One eval-mode forward pass of ``probe``; then removes ``hooks`` and restores the mode."""
     was_training = model.training
     try:
         with torch.no_grad():
@@ -136,7 +142,6 @@ def execution_order(model: nn.Module, probe: torch.Tensor) -> list[str]:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    return list(dict.fromkeys(order))
 
 
 def resolve_layer_bits(
