@@ -200,7 +200,6 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``satcompress train``."""
-    from satcompress.evaluate import evaluate
     from satcompress.train import train
 
     config = train_config_from_args(args)
@@ -210,19 +209,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"trained {config.model}: best val accuracy {summary['best_val_accuracy']}, "
         f"{summary['wall_s']} s, {summary['train_img_per_s']} train images/s"
     )
-    if args.no_eval or not result.is_global_zero:
-        return 0
+    if not args.no_eval:
+        evaluate_run(result, config.model, {"stage": "train", **config.to_dict()}, args.run_dir)
+    return 0
+
+
+def evaluate_run(result: Any, model_name: str, recipe: dict[str, Any], run_dir: Path) -> None:
+    """Evaluate a finished training run's model in ONNX Runtime and print its record."""
+    from satcompress.evaluate import evaluate
+
+    if not result.is_global_zero:  # the other processes of a multi-process run
+        return
     record = evaluate(
         result.model,
         result.dataset,
         result.input_spec,
-        model_name=config.model,
-        recipe={"stage": "train", **config.to_dict()},
-        run_dir=args.run_dir,
-        extra={"train": summary},
+        model_name=model_name,
+        recipe=recipe,
+        run_dir=run_dir,
+        extra={"train": result.summary},
     )
     _print_record(record)
-    return 0
 
 
 def distill_config_from_args(args: argparse.Namespace) -> DistillConfig:
@@ -243,7 +250,6 @@ def distill_config_from_args(args: argparse.Namespace) -> DistillConfig:
 def cmd_distill(args: argparse.Namespace) -> int:
     """``satcompress distill``."""
     from satcompress.compress.distill import distill
-    from satcompress.evaluate import evaluate
 
     config = train_config_from_args(args)
     distill_config = distill_config_from_args(args)
@@ -261,25 +267,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
         f"{summary['best_val_accuracy']}, {summary['wall_s']} s, teacher "
         f"{summary['teacher_s']} s ({summary['teacher_share'] * 100:.0f}% of training)"
     )
-    if args.no_eval or not result.is_global_zero:
-        return 0
-    record = evaluate(
-        result.model,
-        result.dataset,
-        result.input_spec,
-        model_name=config.model,
-        recipe={"stage": "distill", **result.card["recipe"]},
-        run_dir=args.run_dir,
-        extra={"train": summary},
-    )
-    _print_record(record)
+    if not args.no_eval:
+        recipe = {"stage": "distill", **result.card["recipe"]}
+        evaluate_run(result, config.model, recipe, args.run_dir)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``satcompress eval``."""
     from satcompress.checkpoint import load_trained, read_card
-    from satcompress.data import load_dataset
     from satcompress.evaluate import LatencyConfig, evaluate
     from satcompress.preprocess import InputSpec
 
@@ -293,21 +289,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("give the model to evaluate: --checkpoint RUN_DIR_OR_WEIGHTS")
     card = read_card(path)
     recipe = card.get("recipe", {})
-    dataset_name = args.dataset or card.get("dataset") or recipe.get("dataset")
-    data_dir = args.data_dir or recipe.get("data_dir")
-    if not dataset_name or not data_dir:
-        raise ConfigError(
-            "give --dataset and --data-dir (the checkpoint's card does not name them)"
-        )
-    dataset = load_dataset(
-        dataset_name,
-        data_dir,
-        split_dir=args.split_dir,
-        download=args.download,
-        image_size=args.image_size or recipe.get("image_size"),
-        skip_bad_files=args.skip_bad_files,
-    )
-    _check_classes(card, dataset.classes, path)
+    dataset = dataset_for_checkpoint(args, path, card, recipe)
     loaded = load_trained(path, model_name=args.model, num_classes=len(dataset.classes))
     spec = loaded.input_spec
     if args.mean or args.std or args.input_size:
@@ -331,12 +313,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_classes(card: dict[str, Any], classes: list[str], path: Path) -> None:
-    expected = card.get("classes")
-    if expected is not None and list(expected) != list(classes):
-        raise ValueError(
-            f"{path} was trained on classes {expected}, but the dataset has {list(classes)}"
+def dataset_for_checkpoint(
+    args: argparse.Namespace, path: Path, card: dict[str, Any], recipe: dict[str, Any]
+) -> Any:
+    """The dataset to score a checkpoint on: data flags first, else its card and recipe.
+
+    The split settings (split files, seed) come from the recipe unless the flags give them,
+    so a model is scored on the split it was trained with. A dataset whose classes differ
+    from the card's is refused, naming both.
+    """
+    from satcompress.data import load_dataset
+
+    name = args.dataset or card.get("dataset") or recipe.get("dataset")
+    data_dir = args.data_dir or recipe.get("data_dir")
+    if not name or not data_dir:
+        raise ConfigError(
+            "give --dataset and --data-dir (the checkpoint's card does not name them)"
         )
+    dataset = load_dataset(
+        name,
+        data_dir,
+        split_dir=args.split_dir or recipe.get("split_dir"),
+        download=args.download,
+        image_size=args.image_size or recipe.get("image_size"),
+        skip_bad_files=args.skip_bad_files,
+        seed=recipe.get("seed", 0),
+    )
+    expected = card.get("classes")
+    if expected is not None and list(expected) != list(dataset.classes):
+        raise ValueError(
+            f"{path} was trained on classes {list(expected)}, but the dataset has "
+            f"{list(dataset.classes)}"
+        )
+    return dataset
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:

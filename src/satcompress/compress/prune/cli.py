@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from satcompress.compress.prune.config import METHODS, PruneConfig
-from satcompress.config import ConfigError, load_yaml
+from satcompress.config import load_yaml
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -232,32 +232,11 @@ def _load(path: Path, model_name: str | None, dataset: Any) -> Any:
 def _analysis_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
     """The model and dataset of an ``analyze`` command (data from flags, else the card)."""
     from satcompress.checkpoint import read_card
+    from satcompress.cli import dataset_for_checkpoint
     from satcompress.compress.prune.api import training_recipe
-    from satcompress.data import load_dataset
 
     card = read_card(args.checkpoint)
-    recipe = training_recipe(card)
-    name = args.dataset or card.get("dataset") or recipe.get("dataset")
-    data_dir = args.data_dir or recipe.get("data_dir")
-    if not name or not data_dir:
-        raise ConfigError(
-            "give --dataset and --data-dir (the checkpoint's card does not name them)"
-        )
-    dataset = load_dataset(
-        name,
-        data_dir,
-        split_dir=args.split_dir or recipe.get("split_dir"),
-        download=args.download,
-        image_size=args.image_size or recipe.get("image_size"),
-        skip_bad_files=args.skip_bad_files,
-        seed=recipe.get("seed", 0),
-    )
-    classes = card.get("classes")
-    if classes is not None and list(classes) != list(dataset.classes):
-        raise ConfigError(
-            f"{args.checkpoint} was trained on classes {classes}, but the dataset has "
-            f"{list(dataset.classes)}"
-        )
+    dataset = dataset_for_checkpoint(args, args.checkpoint, card, training_recipe(card))
     return _load(args.checkpoint, args.model, dataset), dataset
 
 
