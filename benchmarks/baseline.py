@@ -84,6 +84,37 @@ def train_and_evaluate(config: sc.TrainConfig, dataset, runs_dir: Path) -> dict:
     return record
 
 
+def checkpoint_record(model: str, path: Path, dataset, onnx_dir: Path, **extra) -> dict:
+    """The record of an already trained model (e.g. ``../shared/models``), not retrained.
+
+    Other benchmarks take such a model as their dense/fp32 base (``--checkpoint MODEL=PATH``).
+    Its ONNX file is kept in ``onnx_dir`` (``onnx_path``), to be timed again beside others.
+    """
+    trained = sc.load_trained(path)
+    record = sc.evaluate(
+        trained.model,
+        dataset,
+        trained.input_spec,
+        model_name=model,
+        recipe={"stage": "fp32", "checkpoint": str(path), "card": trained.card.get("recipe")},
+        run_dir=onnx_dir,
+        extra=extra,
+    )
+    record.update(run_dir=str(path), onnx_path=str(Path(onnx_dir) / "model.onnx"))
+    return record
+
+
+def given_checkpoints(items: list[str]) -> dict[str, Path]:
+    """``MODEL=PATH`` arguments as a mapping (each path must exist)."""
+    out = {}
+    for item in items:
+        model, sep, path = item.partition("=")
+        if not sep or not Path(path).exists():
+            raise SystemExit(f"--checkpoint {item!r}: expected MODEL=PATH of an existing file")
+        out[model] = Path(path)
+    return out
+
+
 def plain_loop_img_per_s(config: sc.TrainConfig, dataset, spec, batches: int) -> float:
     """A plain hand-written loop over the in-memory uint8 tensor: same model, batch size,
     threads, augmentation, optimiser, schedule (and EMA if on) as the satcompress run."""

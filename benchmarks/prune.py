@@ -27,7 +27,13 @@ from typing import Any
 import satcompress as sc
 
 # the baseline benchmark (beside this script): its recipe and cache give the dense models
-from baseline import config_for, run_key, train_and_evaluate
+from baseline import (
+    checkpoint_record,
+    config_for,
+    given_checkpoints,
+    run_key,
+    train_and_evaluate,
+)
 from satcompress.compress.prune import (
     PruneConfig,
     VitLayersConfig,
@@ -109,6 +115,12 @@ def dense_config(base: str, args: argparse.Namespace) -> sc.TrainConfig:
 
 def dense_record(base: str, args: argparse.Namespace, dataset, records: RecordList) -> dict:
     """The dense model's record (trained and cached like the baseline benchmark's)."""
+    given = given_checkpoints(args.checkpoint)
+    if base in given:  # an already trained model, e.g. the one in ../shared/models
+        path = given[base]
+        key = f"dense-{base}-{path.stem}"
+        onnx_dir = args.runs_dir / key
+        return records.get_or_run(key, lambda: checkpoint_record(base, path, dataset, onnx_dir))
     config = dense_config(base, args)
     key = f"dense-{run_key(config)}"
     return records.get_or_run(key, lambda: train_and_evaluate(config, dataset, args.runs_dir))
@@ -116,7 +128,7 @@ def dense_record(base: str, args: argparse.Namespace, dataset, records: RecordLi
 
 def pruned_record(row: dict, base: dict, args: argparse.Namespace, dataset) -> dict:
     """Prune the dense run as ``row`` says (or reuse a finished pruning run)."""
-    run_dir = args.runs_dir / row["id"]
+    run_dir = args.runs_dir / f"{row['id']}-from-{base['id']}"  # one run per dense model
     if (run_dir / "record.json").is_file():
         record = json.loads((run_dir / "record.json").read_text())
     else:
@@ -137,7 +149,7 @@ def pruned_record(row: dict, base: dict, args: argparse.Namespace, dataset) -> d
 
 def _finetune_base(base: str, args: argparse.Namespace) -> sc.TrainConfig:
     config = dense_config(base, args)
-    return config.replace(threads=args.threads)
+    return config.replace(threads=args.threads, limit_batches=args.limit_batches)
 
 
 def vit_layers(base: dict, args: argparse.Namespace, dataset) -> str:
@@ -208,6 +220,16 @@ def main() -> None:
     parser.add_argument("--no-distill", dest="distill", action="store_false")
     parser.add_argument("--analysis-samples", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--checkpoint",
+        nargs="*",
+        default=[],
+        metavar="MODEL=PATH",
+        help="a trained dense model to start from instead of training one (e.g. the shared one)",
+    )
+    parser.add_argument(
+        "--limit-batches", type=int, default=None, help="smoke test: batches per epoch"
+    )
     parser.add_argument("--only", nargs="+", help="run only rows whose id contains one of these")
     parser.add_argument("--table", action="store_true", help="print the README table and exit")
     args = parser.parse_args()

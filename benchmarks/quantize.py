@@ -34,12 +34,20 @@ import numpy as np
 import torch
 
 import satcompress as sc
-from satcompress.artifact.format import write_artifact
+from satcompress.artifact.format import load_artifact, write_artifact
 from satcompress.artifact.onnx import export_onnx
 from satcompress.compress.quantize import PTQConfig, QATConfig, quantize
 from satcompress.compress.quantize.api import evaluate_artifact, export_qat
 from satcompress.compress.quantize.ptq import ImageReader, calibration_images
-from satcompress.evaluate import RecordList, count_macs, count_params, evaluate_onnx
+from satcompress.compress.quantize.qat import qat_train_config
+from satcompress.evaluate import (
+    LatencyConfig,
+    RecordList,
+    count_macs,
+    count_params,
+    evaluate_onnx,
+    measure_latency_side_by_side,
+)
 from satcompress.evaluate.profile import cpu_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,25 +58,18 @@ BITS = {"resnet18": [8, 4, 3, 2, 1], "mobilenet_v2": [8, 4, 2]}
 
 def baseline_run(model: str, args: argparse.Namespace) -> Path:
     """The fp32 run of ``model``: ``--checkpoint model=PATH`` or the baseline benchmark's."""
-    given = dict(item.split("=", 1) for item in args.checkpoint)
+    given = baseline.given_checkpoints(args.checkpoint)
     if model in given:
-        return Path(given[model])
+        return given[model]
     run = args.runs_dir / baseline.run_key(baseline.config_for(model, args))
     if not (run / "model.safetensors").is_file():
         raise SystemExit(f"no trained {model} at {run}: run benchmarks/baseline.py first")
     return run
 
 
-def fp32_row(run: Path, dataset, model: str) -> dict:
-    trained = sc.load_trained(run)
-    return sc.evaluate(
-        trained.model,
-        dataset,
-        trained.input_spec,
-        model_name=model,
-        recipe={"stage": "fp32", "checkpoint": str(run)},
-        extra={"bound_bytes": count_params(trained.model) * 4, "status": "ok"},
-    )
+def fp32_row(run: Path, dataset, model: str, work: Path) -> dict:
+    bound = count_params(sc.load_trained(run).model) * 4
+    return baseline.checkpoint_record(model, run, dataset, work, bound_bytes=bound, status="ok")
 
 
 def ort_default_row(run: Path, dataset, model: str, work: Path, images: np.ndarray) -> dict:
@@ -98,6 +99,7 @@ def nncf_default_row(run: Path, dataset, model: str, work: Path, images: np.ndar
 
 def _onnx_row(path: Path, trained, dataset, model: str, stage: str, work: Path) -> dict:
     manifest = write_artifact(path, work / f"{stage}.satc")  # for its bound only
+    extra = {"bound_bytes": manifest["stats"]["bound_bytes"], "status": "ok"}
     return evaluate_onnx(
         path,
         dataset,
@@ -107,7 +109,7 @@ def _onnx_row(path: Path, trained, dataset, model: str, stage: str, work: Path) 
         macs=count_macs(trained.model, trained.input_spec.size or dataset.image_size),
         recipe={"stage": stage},
         file_format="onnx-int8",
-        extra={"bound_bytes": manifest["stats"]["bound_bytes"], "status": "ok"},
+        extra={**extra, "onnx_path": str(path)},
     )
 
 
@@ -116,11 +118,31 @@ def ptq_row(run: Path, dataset, model: str, out: Path) -> dict:
     return result.record
 
 
+def qat_epochs(bits: int, args: argparse.Namespace) -> int:
+    """QAT epochs at ``bits``: ``--qat-epochs-map`` if it names them, else ``--qat-epochs``."""
+    given = {int(b): int(e) for b, e in (item.split("=", 1) for item in args.qat_epochs_map)}
+    return given.get(bits, args.qat_epochs)
+
+
 def qat_row(run: Path, dataset, model: str, bits: int, out: Path, args) -> dict:
     teacher = "self" if args.kd else None
-    config = QATConfig(bits=bits, epochs=args.qat_epochs, teacher=teacher)
+    config = QATConfig(bits=bits, epochs=qat_epochs(bits, args), teacher=teacher)
+    train_config = None
+    overrides = {"threads": args.threads, "limit_batches": args.limit_batches}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:  # else quantize() derives the QAT recipe from the card alone
+        trained = sc.load_trained(run)
+        train_config = qat_train_config(trained.card, config, trained.input_spec, overrides)
     resume = (out / "checkpoints" / "last.ckpt").is_file()
-    result = quantize(run, "qat", run_dir=out, config=config, dataset=dataset, resume=resume)
+    result = quantize(
+        run,
+        "qat",
+        run_dir=out,
+        config=config,
+        dataset=dataset,
+        train_config=train_config,
+        resume=resume,
+    )
     return result.record
 
 
@@ -143,6 +165,39 @@ def sparse_row(qat_run: Path, dataset, model: str, out: Path) -> dict:
     return evaluate_artifact(
         exported.artifact_path, dataset, extra={"status": "ok", "sparsity": 0.5}
     )
+
+
+def retime(records: RecordList, threads: int | None, rounds: int) -> None:
+    """Time every row's ONNX model again, all models interleaved in the same rounds.
+
+    Each row was timed right after it was made, minutes or hours apart on a shared machine;
+    this pass gives latencies (and speed-ups) that share one machine state.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for record in records.records:
+            if record.get("onnx_path") and Path(record["onnx_path"]).is_file():
+                paths[record["id"]] = Path(record["onnx_path"])
+            elif record.get("artifact") and Path(record["artifact"]["path"]).is_file():
+                artifact = load_artifact(record["artifact"]["path"])
+                paths[record["id"]] = artifact.save_onnx(Path(tmp) / f"{record['id']}.onnx")
+            else:
+                print(f"{record['id']}: its ONNX file is gone, its latency is kept as it was")
+        for model in {records.get(i)["model"] for i in paths}:
+            group = {i: p for i, p in paths.items() if records.get(i)["model"] == model}
+            size = tuple(records.get(next(iter(group)))["input"]["size"] or (64, 64))
+            config = LatencyConfig(threads=threads)
+            for record_id, timing in measure_latency_side_by_side(
+                group, size, config, rounds
+            ).items():
+                record = records.get(record_id)
+                record.update(
+                    latency=timing,
+                    latency_ms={k: v["median_ms"] for k, v in timing.items() if k[:2] == "bs"},
+                    latency_note=f"re-timed side by side, {rounds} interleaved rounds",
+                )
+                records.put(record)
+                print(record_id, record["latency_ms"])
 
 
 def markdown_table(records: list[dict]) -> str:
@@ -178,23 +233,25 @@ def run_model(model: str, args: argparse.Namespace, records: RecordList, dataset
     root = args.runs_dir / "quantize"
     run = baseline_run(model, args)
     key = f"{model}-{run.name}"
-    records.get_or_run(f"{model}-fp32", lambda: fp32_row(run, dataset, model))
-    with tempfile.TemporaryDirectory() as tmp:
+    work = root / f"{key}-onnx"  # the plain tools' files, kept for --retime
+    work.mkdir(parents=True, exist_ok=True)
+    records.get_or_run(f"{model}-fp32", lambda: fp32_row(run, dataset, model, work / "fp32"))
+    records.get_or_run(
+        f"{model}-ort-default", lambda: ort_default_row(run, dataset, model, work, images)
+    )
+    if importlib.util.find_spec("nncf") is not None:
         records.get_or_run(
-            f"{model}-ort-default", lambda: ort_default_row(run, dataset, model, Path(tmp), images)
+            f"{model}-nncf-default", lambda: nncf_default_row(run, dataset, model, work, images)
         )
-        if importlib.util.find_spec("nncf") is not None:
-            records.get_or_run(
-                f"{model}-nncf-default",
-                lambda: nncf_default_row(run, dataset, model, Path(tmp), images),
-            )
-        else:
-            print("nncf is not installed: the NNCF default row is skipped")
+    else:
+        print("nncf is not installed (pip install nncf): the NNCF default row is skipped")
     records.get_or_run(
         f"{model}-ptq-int8", lambda: ptq_row(run, dataset, model, root / f"{key}-ptq")
     )
-    for bits in BITS[model]:
-        out = root / f"{key}-qat-w{bits}-e{args.qat_epochs}{'-kd' if args.kd else ''}"
+    for bits in [b for b in BITS[model] if not args.bits or b in args.bits]:
+        suffix = f"-e{qat_epochs(bits, args)}{'-kd' if args.kd else ''}"
+        suffix += f"-limit{args.limit_batches}" if args.limit_batches else ""
+        out = root / f"{key}-qat-w{bits}{suffix}"
         row = f"{model}-qat-w{bits}"
         records.get_or_run(row, lambda b=bits, o=out: qat_row(run, dataset, model, b, o, args))
         records.get_or_run(
@@ -218,11 +275,30 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="the baseline's epochs (its key)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--qat-epochs", type=int, default=3)
+    parser.add_argument("--bits", type=int, nargs="*", help="only these QAT bit-widths")
+    parser.add_argument(
+        "--qat-epochs-map",
+        nargs="*",
+        default=[],
+        metavar="BITS=EPOCHS",
+        help="per-bit-width QAT epochs, e.g. 8=1 4=2 (others: --qat-epochs)",
+    )
+    parser.add_argument(
+        "--limit-batches", type=int, default=None, help="smoke test: QAT batches per epoch"
+    )
     parser.add_argument("--kd", action="store_true", help="QAT distils from the fp32 model")
     parser.add_argument("--calibration-images", type=int, default=512)
     parser.add_argument("--table", action="store_true", help="print the README table and exit")
+    parser.add_argument(
+        "--retime", action="store_true", help="only re-time every row side by side, then exit"
+    )
+    parser.add_argument("--retime-rounds", type=int, default=3)
     args = parser.parse_args()
     if args.table:
+        print(markdown_table(RecordList(args.out).records))
+        return
+    if args.retime:
+        retime(RecordList(args.out), args.threads, args.retime_rounds)
         print(markdown_table(RecordList(args.out).records))
         return
 
@@ -232,6 +308,7 @@ def main() -> None:
     images = calibration_images(dataset, args.calibration_images)
     for model in args.models:
         run_model(model, args, records, dataset, images)
+    retime(records, args.threads, args.retime_rounds)
     print(markdown_table(records.records))
 
 

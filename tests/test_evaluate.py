@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from satcompress.artifact import export_onnx, make_session, read_metadata, run_session
+from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.evaluate import (
     REQUIRED_KEYS,
@@ -57,6 +58,20 @@ def test_onnx_matches_torch_and_carries_metadata(tmp_path):
     meta = read_metadata(path)
     assert meta["classes"] == list("abcd")
     assert meta["input_spec"]["size"] == [24, 24]
+
+
+def test_read_metadata_keeps_other_tools_plain_text_entries(tmp_path):
+    import onnx
+
+    model = create_model("test_cnn", 4).eval()
+    path = export_onnx(model, InputSpec(), (32, 32), tmp_path / "m.onnx")
+    proto = onnx.load(str(path))
+    prop = proto.metadata_props.add()
+    prop.key, prop.value = "onnx.quant.pre_process", "onnxruntime.quant"  # not JSON
+    onnx.save(proto, str(path))
+    meta = read_metadata(path)
+    assert meta["onnx.quant.pre_process"] == "onnxruntime.quant"
+    assert meta["input_spec"]["size"] is None
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +156,25 @@ def test_record_list_rejects_incomplete_records(tmp_path):
     with pytest.raises(ValueError, match="size_bytes"):
         RecordList(tmp_path / "r.json").put(bad)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_side_by_side_latency_interleaves_rounds_and_keeps_their_medians(tmp_path):
+    from satcompress.evaluate import measure_latency_side_by_side
+
+    small = export_onnx(
+        create_model("test_cnn", 4).eval(), InputSpec(), (16, 16), tmp_path / "a.onnx"
+    )
+    big = export_onnx(
+        create_model("test_resnet", 4).eval(), InputSpec(), (16, 16), tmp_path / "b.onnx"
+    )
+    config = LatencyConfig(runs=5, warmup=1, batch_sizes=(1, 8), threads=1)
+    timings = measure_latency_side_by_side({"a": small, "b": big}, (16, 16), config, rounds=3)
+    assert set(timings) == {"a", "b"}
+    for timing in timings.values():
+        assert timing["rounds"] == 3 and timing["threads"] == 1
+        for key in ("bs1", "bs8"):
+            medians = timing[key]["round_medians_ms"]
+            assert len(medians) == 3 and all(m > 0 for m in medians)
+            assert timing[key]["median_ms"] == pytest.approx(sorted(medians)[1], abs=1e-3)
+    with pytest.raises(ConfigError, match="rounds"):
+        measure_latency_side_by_side({"a": small}, (16, 16), config, rounds=0)

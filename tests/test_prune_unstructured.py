@@ -70,6 +70,16 @@ def test_global_magnitude_pruning_hits_the_total_not_each_layer():
     assert sparsity_report(layers)["sparsity"] == pytest.approx(0.8, abs=1e-3)
 
 
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_magnitude_pruning_works_on_channels_last_weights(global_pruning):
+    model = create_model("test_cnn", 10).to(memory_format=torch.channels_last)
+    layers = prunable_layers(model)
+    apply_magnitude(layers, 0.5, global_pruning=global_pruning)
+    make_permanent(model)
+    assert sparsity_report(layers)["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    model(torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last))
+
+
 def test_cubic_schedule_ends_at_the_target():
     assert cubic_schedule(0.9, 1) == [0.9]
     schedule = cubic_schedule(0.9, 3)

@@ -86,9 +86,20 @@ def export_onnx(
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata stored by :func:`export_onnx`."""
+    """The JSON metadata stored by :func:`export_onnx`.
+
+    Other tools add plain-text entries of their own (ONNX Runtime's quantizer, for one):
+    those are kept as strings.
+    """
     proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: json.loads(p.value) for p in proto.metadata_props}
+    return {p.key: _json_or_text(p.value) for p in proto.metadata_props}
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def make_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:

@@ -8,6 +8,7 @@ from satcompress.evaluate.profile import (
     count_params,
     cpu_description,
     measure_latency,
+    measure_latency_side_by_side,
 )
 from satcompress.evaluate.record import (
     RECORD_SCHEMA,
@@ -28,6 +29,7 @@ __all__ = [
     "evaluate",
     "evaluate_onnx",
     "measure_latency",
+    "measure_latency_side_by_side",
     "predict_onnx",
     "validate_record",
 ]

@@ -106,6 +106,52 @@ def measure_latency(
     return result
 
 
+def measure_latency_side_by_side(
+    onnx_paths: dict[str, str | Path],
+    image_size: tuple[int, int],
+    config: LatencyConfig | None = None,
+    rounds: int = 3,
+) -> dict[str, dict[str, Any]]:
+    """Time several ONNX files in interleaved rounds, so that they share the same machine state.
+
+    On a shared, noisy CPU, timing model A now and model B ten minutes later compares two
+    machines; interleaving the files round by round and keeping the median of each file's
+    round medians makes their ratios trustworthy.
+
+    Args:
+        onnx_paths: ``{name: file}`` to time (uint8 inputs of ``image_size``).
+        image_size: (height, width) of the inputs.
+        config: Batch sizes, threads, warm-up and runs of each round.
+        rounds: Interleaved rounds.
+
+    Returns:
+        ``{name: timing}`` in :func:`measure_latency`'s format, each ``bs<N>`` entry the
+        median over rounds (with ``rounds`` and the per-round medians).
+    """
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    config = config or LatencyConfig()
+    sessions = {name: make_session(path, config.threads) for name, path in onnx_paths.items()}
+    per_round: dict[str, list[dict[str, Any]]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            per_round[name].append(measure_latency(onnx_paths[name], image_size, config, session))
+    out = {}
+    for name, timings in per_round.items():
+        merged = dict(timings[-1])
+        for key in (k for k in timings[-1] if k.startswith("bs")):
+            medians = [t[key]["median_ms"] for t in timings]
+            merged[key] = {
+                "median_ms": round(float(np.median(medians)), 4),
+                "p90_ms": round(float(np.median([t[key]["p90_ms"] for t in timings])), 4),
+                "runs": sum(t[key]["runs"] for t in timings),
+                "round_medians_ms": medians,
+            }
+        merged["rounds"] = rounds
+        out[name] = merged
+    return out
+
+
 def cpu_description() -> dict[str, Any]:
     """CPU model, core count and the SIMD flags that decide int8/fp32 speed."""
     model, flags = platform.processor() or "unknown", set()

@@ -56,15 +56,25 @@ def apply_magnitude(
     for module in layers.values():
         if torch_prune.is_pruned(module):
             torch_prune.remove(module, "weight")
-    if global_pruning:
-        torch_prune.global_unstructured(
-            [(m, "weight") for m in layers.values()],
-            pruning_method=torch_prune.L1Unstructured,
-            amount=float(sparsity),
-        )
+    # torch.nn.utils.prune flattens weights and masks with .view(-1), which fails on
+    # channels-last weights (the training loop's layout): rank contiguous copies instead, and
+    # for the global ranking build the masks here and hand them over with custom_from_mask
+    scores = {m: m.weight.detach().abs().contiguous() for m in layers.values()}
+    if not global_pruning:
+        for module, score in scores.items():
+            torch_prune.l1_unstructured(
+                module, "weight", amount=float(sparsity), importance_scores=score
+            )
         return
-    for module in layers.values():
-        torch_prune.l1_unstructured(module, "weight", amount=float(sparsity))
+    flat = torch.cat([score.flatten() for score in scores.values()])
+    keep = torch.ones_like(flat)
+    count = round(float(sparsity) * flat.numel())
+    if count:
+        keep[torch.topk(flat, count, largest=False).indices] = 0
+    for (module, score), mask in zip(
+        scores.items(), keep.split([s.numel() for s in scores.values()]), strict=True
+    ):
+        torch_prune.custom_from_mask(module, "weight", mask.view_as(score))
 
 
 def make_permanent(model: nn.Module) -> None:
