@@ -25,8 +25,13 @@ import torch
 from torch import nn
 
 import satcompress as sc
+from satcompress.artifact.format import load_artifact
 from satcompress.evaluate import RecordList
-from satcompress.evaluate.profile import LatencyConfig, cpu_description, measure_latency
+from satcompress.evaluate.profile import (
+    LatencyConfig,
+    cpu_description,
+    measure_latency_side_by_side,
+)
 from satcompress.preprocess import BatchAugment, Preprocess
 from satcompress.train import resolve_input_spec
 
@@ -211,18 +216,45 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def refresh_latency(records: RecordList, threads: int | None) -> None:
-    """Re-time every record's ONNX file now (e.g. once the machine is quiet)."""
-    for record in list(records.records):
-        onnx_path = Path(record["run_dir"]) / "model.onnx"
-        size = tuple(record["input"]["size"] or (64, 64))
-        timing = measure_latency(onnx_path, size, LatencyConfig(threads=threads))
-        record.update(
-            latency=timing,
-            latency_ms={k: v["median_ms"] for k, v in timing.items() if k.startswith("bs")},
-        )
-        records.put(record)
-        print(record["model"], record["latency_ms"])
+def onnx_file(record: dict, tmp: Path) -> Path | None:
+    """The ONNX model a record measured: its own file, its artifact rebuilt, or None."""
+    for path in (record.get("onnx_path"), Path(record.get("run_dir", "")) / "model.onnx"):
+        if path and Path(path).is_file():
+            return Path(path)
+    artifact = (record.get("artifact") or {}).get("path")
+    if artifact and Path(artifact).is_file():
+        return load_artifact(artifact).save_onnx(tmp / f"{record['id']}.onnx")
+    return None
+
+
+def retime(records: RecordList, threads: int | None, rounds: int = 3) -> None:
+    """Time every record's ONNX model again, each model's variants interleaved in one pass.
+
+    Rows are timed right after they are made, minutes or hours apart on a shared machine;
+    this pass gives latencies (and speed-ups) that share one machine state.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for record in records.records:
+            path = onnx_file(record, Path(tmp))
+            if path is None:
+                print(f"{record['id']}: its ONNX file is gone, its latency is kept as it was")
+            else:
+                paths[record["id"]] = path
+        for model in sorted({records.get(i)["model"] for i in paths}):
+            group = {i: p for i, p in paths.items() if records.get(i)["model"] == model}
+            size = tuple(records.get(next(iter(group)))["input"]["size"] or (64, 64))
+            config = LatencyConfig(threads=threads)
+            timings = measure_latency_side_by_side(group, size, config, rounds)
+            for record_id, timing in timings.items():
+                record = records.get(record_id)
+                record.update(
+                    latency=timing,
+                    latency_ms={k: v["median_ms"] for k, v in timing.items() if k[:2] == "bs"},
+                    latency_note=f"re-timed side by side, {rounds} interleaved rounds",
+                )
+                records.put(record)
+                print(record_id, record["latency_ms"])
 
 
 def main() -> None:
@@ -239,14 +271,16 @@ def main() -> None:
     parser.add_argument("--throughput-rounds", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="print the README table and exit")
     parser.add_argument(
-        "--refresh-latency", action="store_true", help="re-time the saved ONNX files and exit"
+        "--refresh-latency",
+        action="store_true",
+        help="re-time the saved ONNX files side by side and exit",
     )
     args = parser.parse_args()
     if args.table:
         print(markdown_table(RecordList(args.out).records))
         return
     if args.refresh_latency:
-        refresh_latency(RecordList(args.out), None)
+        retime(RecordList(args.out), args.threads)
         return
 
     records = RecordList(args.out)

@@ -27,26 +27,23 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import satcompress as sc
-from satcompress.artifact.format import load_artifact, write_artifact
+from satcompress.artifact.format import write_artifact
 from satcompress.artifact.onnx import export_onnx
 from satcompress.compress.quantize import PTQConfig, QATConfig, quantize
 from satcompress.compress.quantize.api import evaluate_artifact, export_qat
 from satcompress.compress.quantize.ptq import ImageReader, calibration_images
 from satcompress.compress.quantize.qat import qat_train_config
 from satcompress.evaluate import (
-    LatencyConfig,
     RecordList,
     count_macs,
     count_params,
     evaluate_onnx,
-    measure_latency_side_by_side,
 )
 from satcompress.evaluate.profile import cpu_description
 
@@ -167,39 +164,6 @@ def sparse_row(qat_run: Path, dataset, model: str, out: Path) -> dict:
     )
 
 
-def retime(records: RecordList, threads: int | None, rounds: int) -> None:
-    """Time every row's ONNX model again, all models interleaved in the same rounds.
-
-    Each row was timed right after it was made, minutes or hours apart on a shared machine;
-    this pass gives latencies (and speed-ups) that share one machine state.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
-        for record in records.records:
-            if record.get("onnx_path") and Path(record["onnx_path"]).is_file():
-                paths[record["id"]] = Path(record["onnx_path"])
-            elif record.get("artifact") and Path(record["artifact"]["path"]).is_file():
-                artifact = load_artifact(record["artifact"]["path"])
-                paths[record["id"]] = artifact.save_onnx(Path(tmp) / f"{record['id']}.onnx")
-            else:
-                print(f"{record['id']}: its ONNX file is gone, its latency is kept as it was")
-        for model in {records.get(i)["model"] for i in paths}:
-            group = {i: p for i, p in paths.items() if records.get(i)["model"] == model}
-            size = tuple(records.get(next(iter(group)))["input"]["size"] or (64, 64))
-            config = LatencyConfig(threads=threads)
-            for record_id, timing in measure_latency_side_by_side(
-                group, size, config, rounds
-            ).items():
-                record = records.get(record_id)
-                record.update(
-                    latency=timing,
-                    latency_ms={k: v["median_ms"] for k, v in timing.items() if k[:2] == "bs"},
-                    latency_note=f"re-timed side by side, {rounds} interleaved rounds",
-                )
-                records.put(record)
-                print(record_id, record["latency_ms"])
-
-
 def markdown_table(records: list[dict]) -> str:
     rows = [
         "| variant | test acc. | vs fp32 | bytes on disk | bound | ratio | ORT bs1 / bs64 (ms) "
@@ -298,7 +262,7 @@ def main() -> None:
         print(markdown_table(RecordList(args.out).records))
         return
     if args.retime:
-        retime(RecordList(args.out), args.threads, args.retime_rounds)
+        baseline.retime(RecordList(args.out), args.threads, args.retime_rounds)
         print(markdown_table(RecordList(args.out).records))
         return
 
@@ -308,7 +272,7 @@ def main() -> None:
     images = calibration_images(dataset, args.calibration_images)
     for model in args.models:
         run_model(model, args, records, dataset, images)
-    retime(records, args.threads, args.retime_rounds)
+    baseline.retime(records, args.threads, args.retime_rounds)
     print(markdown_table(records.records))
 
 

@@ -2,10 +2,14 @@
 
 import json
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from safetensors.torch import load_file
 
+from satcompress.artifact import artifact_format, load_artifact
 from satcompress.checkpoint import load_trained
 from satcompress.compress.prune import (
     GradualPruning,
@@ -112,6 +116,22 @@ def test_one_shot_prune_writes_a_normal_run_with_sparsity_in_the_record(
     loaded = load_trained(tmp_path / "sparse")  # same architecture: the usual loader works
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(loaded.model(x), result.model(x))
+    # the deployable file is the artifact: zeros as mask bits, so far below the fp32 ONNX
+    artifact = load_artifact(tmp_path / "sparse" / "model.satc")
+    assert (
+        record["size_bytes"]
+        == artifact.size_bytes
+        == (tmp_path / "sparse" / "model.satc").stat().st_size
+    )
+    assert record["size_bytes"] < 0.5 * record["onnx_bytes"]
+    assert record["format"] == artifact_format(artifact.manifest)
+    onnx_weights = {
+        t.name: t for t in onnx.load(str(tmp_path / "sparse" / "model.onnx")).graph.initializer
+    }
+    for tensor in artifact.onnx_model().graph.initializer:  # bit-exact: what was scored ships
+        np.testing.assert_array_equal(
+            numpy_helper.to_array(tensor), numpy_helper.to_array(onnx_weights[tensor.name])
+        )
 
 
 class _Spy(GradualPruning):

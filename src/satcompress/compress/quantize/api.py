@@ -14,6 +14,7 @@ import yaml
 from torch import nn
 
 from satcompress.artifact.format import artifact_format, load_artifact, write_artifact
+from satcompress.artifact.manifest import artifact_info, dataset_info
 from satcompress.artifact.onnx import export_onnx
 from satcompress.checkpoint import TrainedModel, load_trained
 from satcompress.compress.quantize.config import PTQConfig, QATConfig
@@ -261,40 +262,6 @@ def _artifact_info(
         recipe={"stage": "quantize", "method": method, method: config.to_dict()},
         **dataset_info(dataset),
     )
-
-
-def dataset_info(dataset: SceneDataset) -> dict[str, Any]:
-    """Where the data came from, so ``eval --artifact`` can find it again."""
-    return {
-        "dataset": dataset.name,
-        "data_dir": str(dataset.root),
-        "split_dir": str(dataset.split_dir) if dataset.split_dir else None,
-        "split_fingerprint": dataset.split_fingerprint,
-    }
-
-
-def artifact_info(
-    name: str,
-    classes: list[str],
-    spec: InputSpec,
-    image_size: tuple[int, int] | list[int],
-    *,
-    params: int,
-    macs: int,
-    recipe: dict[str, Any],
-    **extra: Any,
-) -> dict[str, Any]:
-    """The description an artifact's manifest carries (what ``eval --artifact`` needs)."""
-    return {
-        "model": name,
-        "classes": list(classes),
-        "input_spec": spec.to_dict(),
-        "image_size": list(image_size),
-        "params": int(params),
-        "macs": int(macs),
-        "recipe": recipe,
-        **extra,
-    }
 
 
 def evaluate_artifact(
