@@ -164,14 +164,24 @@ def sparse_row(qat_run: Path, dataset, model: str, out: Path) -> dict:
     )
 
 
+def _table_order(record: dict) -> tuple:
+    """fp32, the plain tools, PTQ, then QAT from 8 bits down (each dense, then sparse)."""
+    stage = record["id"].removeprefix(f"{record['model']}-")
+    fixed = {"fp32": 0, "ort-default": 1, "nncf-default": 2, "ptq-int8": 3}
+    if stage in fixed:
+        return record["model"], fixed[stage]
+    bits = int(stage.split("-")[1].removeprefix("w"))
+    return record["model"], 10 + 2 * (8 - bits) + stage.endswith("sparse50")
+
+
 def markdown_table(records: list[dict]) -> str:
     rows = [
-        "| variant | test acc. | vs fp32 | bytes on disk | bound | ratio | ORT bs1 / bs64 (ms) "
-        "| speed-up bs1 / bs64 | status |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| variant | test acc. (ORT) | vs fp32 | PyTorch fake-quant acc. | bytes on disk | bound "
+        "| ratio | ORT bs1 / bs64 (ms) | speed-up bs1 / bs64 | status |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     fp32 = {r["model"]: r for r in records if r["id"].endswith("-fp32")}
-    for r in records:
+    for r in sorted(records, key=_table_order):
         base = fp32.get(r["model"])
         delta = f"{(r['accuracy'] - base['accuracy']) * 100:+.2f}" if base else "-"
         lat = r["latency_ms"]
@@ -181,8 +191,9 @@ def markdown_table(records: list[dict]) -> str:
                 f"{base['latency_ms'][k] / lat[k]:.2f}x" for k in ("bs1", "bs64") if k in lat
             )
         bound = r.get("bound_bytes") or 0
+        fake = f"{r['pytorch_accuracy'] * 100:.2f}%" if r.get("pytorch_accuracy") else "-"
         rows.append(
-            f"| {r['id']} | {r['accuracy'] * 100:.2f}% | {delta} | {r['size_bytes']:,} "
+            f"| {r['id']} | {r['accuracy'] * 100:.2f}% | {delta} | {fake} | {r['size_bytes']:,} "
             f"| {bound:,.0f} | {r['size_bytes'] / bound if bound else 0:.3f} "
             f"| {lat.get('bs1', 0):.2f} / {lat.get('bs64', 0):.1f} | {speed} "
             f"| {r.get('status', 'ok')} |"
