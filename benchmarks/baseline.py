@@ -257,16 +257,22 @@ def retime(records: RecordList, threads: int | None, rounds: int = 3) -> None:
                 print(record_id, record["latency_ms"])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def benchmark_parser(doc: str, out: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes: data, results file, run cache, threads."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--out", type=Path, default=Path("results/baseline.json"))
+    parser.add_argument("--out", type=Path, default=Path(out))
     parser.add_argument(
         "--runs-dir", type=Path, default=Path.home() / ".cache" / "satcompress" / "benchmarks"
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch/ORT threads")
+    return parser
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__, "results/baseline.json")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--throughput-batches", type=int, default=40)
     parser.add_argument("--throughput-rounds", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="print the README table and exit")

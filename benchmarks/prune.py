@@ -28,6 +28,7 @@ import satcompress as sc
 
 # the baseline benchmark (beside this script): its recipe and cache give the dense models
 from baseline import (
+    benchmark_parser,
     checkpoint_record,
     config_for,
     given_checkpoints,
@@ -207,12 +208,7 @@ def _table_row(record: dict, base: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--out", type=Path, default=Path("results/prune.json"))
-    parser.add_argument(
-        "--runs-dir", type=Path, default=Path.home() / ".cache" / "satcompress" / "benchmarks"
-    )
+    parser = benchmark_parser(__doc__, "results/prune.json")
     parser.add_argument("--epochs", type=int, default=20, help="dense CNN epochs (as baseline)")
     parser.add_argument("--vit-epochs", type=int, default=30, help="dense ViT epochs")
     parser.add_argument("--vit-patch", type=int, default=VIT_PATCH, choices=(8, 16))
@@ -221,7 +217,6 @@ def main() -> None:
     parser.add_argument("--vit-lr", type=float, default=3e-4, help="ViT fine-tuning lr")
     parser.add_argument("--no-distill", dest="distill", action="store_false")
     parser.add_argument("--analysis-samples", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--checkpoint",
         nargs="*",

@@ -239,16 +239,10 @@ def run_model(model: str, args: argparse.Namespace, records: RecordList, dataset
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--out", type=Path, default=Path("results/quantize.json"))
-    parser.add_argument(
-        "--runs-dir", type=Path, default=Path.home() / ".cache" / "satcompress" / "benchmarks"
-    )
+    parser = baseline.benchmark_parser(__doc__, "results/quantize.json")
     parser.add_argument("--models", nargs="+", default=list(BITS), choices=list(BITS))
     parser.add_argument("--checkpoint", nargs="*", default=[], metavar="MODEL=PATH")
     parser.add_argument("--epochs", type=int, default=20, help="the baseline's epochs (its key)")
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--bits", type=int, nargs="*", help="only these QAT bit-widths")
     parser.add_argument(

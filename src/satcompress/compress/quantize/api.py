@@ -20,7 +20,7 @@ from satcompress.checkpoint import TrainedModel, load_trained
 from satcompress.compress.quantize.config import PTQConfig, QATConfig
 from satcompress.compress.quantize.export import export_qat_onnx, to_fake_quant_module
 from satcompress.compress.quantize.ptq import calibration_images, quantize_onnx
-from satcompress.compress.quantize.qat import QATResult, qat
+from satcompress.compress.quantize.qat import QATResult, check_classes, qat
 from satcompress.config import ConfigError
 from satcompress.data import SceneDataset
 from satcompress.evaluate import LatencyConfig, count_macs, count_params, evaluate_onnx
@@ -176,7 +176,7 @@ def dataset_for(
 def _ptq(
     trained: TrainedModel, config: PTQConfig, run_dir: Path, dataset: SceneDataset
 ) -> QuantizeResult:
-    _check_classes(trained, dataset)
+    check_classes(trained, dataset)
     name = trained.card.get("model", type(trained.model).__name__)
     meta = {"model": name, "classes": list(dataset.classes)}
     fp32 = export_onnx(
@@ -346,15 +346,6 @@ def _save_settings(
         "onnx": str(result.onnx_path),
     }
     atomic_write_bytes(run_dir / SETTINGS_FILE, yaml.safe_dump(settings, sort_keys=False).encode())
-
-
-def _check_classes(trained: TrainedModel, dataset: SceneDataset) -> None:
-    classes = trained.card.get("classes")
-    if classes is not None and list(classes) != list(dataset.classes):
-        raise ValueError(
-            f"{trained.weights_path} was trained on classes {classes}, but the dataset has "
-            f"{list(dataset.classes)}"
-        )
 
 
 def _bound(manifest: dict[str, Any]) -> float:

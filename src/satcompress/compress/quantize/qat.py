@@ -403,7 +403,7 @@ def qat(
     if config.epochs > 0 and train_config.epochs != config.epochs:
         train_config = train_config.replace(epochs=config.epochs)  # QATConfig.epochs decides
     dataset = dataset or load_config_dataset(train_config, progress)
-    _check_classes(trained, dataset)
+    check_classes(trained, dataset)
     L.seed_everything(train_config.seed, workers=True, verbose=False)
     size = spec.size or dataset.image_size
     model, layer_bits = prepare_qat(trained.model, config, torch.zeros(2, 3, *size))
@@ -444,7 +444,8 @@ def qat(
     )
 
 
-def _check_classes(trained: TrainedModel, dataset: SceneDataset) -> None:
+def check_classes(trained: TrainedModel, dataset: SceneDataset) -> None:
+    """Refuse a model trained on other classes than ``dataset``'s, naming both."""
     classes = trained.card.get("classes")
     if classes is not None and list(classes) != list(dataset.classes):
         raise ValueError(
