@@ -1,0 +1,171 @@
+"""Distillation benchmark: students trained with and without KD from a ResNet-18 teacher.
+
+On EuroSAT 64x64 with the shared split. Writes ``results/distill.json``: one record per
+model in the shared schema, each with an ``id``: the teacher (``teacher``), then every
+student row trained with the default recipe (``TrainConfig``) for its epochs, without KD
+(``<student>-ce``) and with Hinton KD (``<student>-kd``; ``DistillConfig`` defaults, T=4,
+alpha=0.7), plus ``epochs``, ``wall_s``, ``teacher_s`` and ``teacher_share`` (the teacher's
+part of the training time). The small students also get an int8 PTQ row
+(``<student>-kd-int8``): their deployable size.
+
+Students (issue 3): MobileNetV2 (15 epochs), ResNet-9 (10), MobileNetV2 at width 0.5 (10).
+The teacher is the shared ResNet-18 (``--teacher``, default ``../shared/models``).
+
+Resumable: finished rows are kept; trained runs are cached in ``--runs-dir`` keyed by
+their config (and the teacher's digest), an interrupted one continues from its last
+checkpoint.
+
+    python benchmarks/distill.py --data-dir ../shared/data
+    python benchmarks/distill.py --table
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import satcompress as sc
+from baseline import benchmark_parser, checkpoint_record, retime
+from satcompress.compress.distill import DistillConfig, distill
+from satcompress.compress.quantize import PTQConfig, quantize
+from satcompress.evaluate import RecordList
+from satcompress.evaluate.profile import cpu_description
+from satcompress.utils.io import file_digest
+
+TEACHER = Path("../shared/models/resnet18_eurosat64.safetensors")
+#: student id -> (registry name, builder arguments, epochs, also quantize to int8)
+STUDENTS = {
+    "mobilenet_v2": ("mobilenet_v2", {}, 15, False),
+    "resnet9": ("resnet9", {}, 10, False),
+    "mobilenet_v2_w0.5": ("mobilenet_v2", {"width_mult": 0.5}, 10, True),
+}
+
+
+def student_config(student: str, args) -> sc.TrainConfig:
+    name, kwargs, epochs, _ = STUDENTS[student]
+    return sc.TrainConfig(
+        model=name,
+        model_kwargs=kwargs,
+        dataset="eurosat",
+        data_dir=str(args.data_dir),
+        epochs=args.epochs or epochs,
+        threads=args.threads,
+        limit_batches=args.limit_batches,
+    )
+
+
+def run_dir_for(config: sc.TrainConfig, kd: DistillConfig | None, teacher_sha: str, args) -> Path:
+    """Cache folder of one student run: its recipe, KD settings and teacher."""
+    recipe = {k: v for k, v in config.to_dict().items() if k not in ("threads", "num_workers")}
+    key = {"train": recipe, "kd": kd.to_dict() if kd else None, "teacher": teacher_sha}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return args.runs_dir / f"distill-{config.model}-{'kd' if kd else 'ce'}-{digest}"
+
+
+def train_student(config, kd: DistillConfig | None, args, dataset, teacher_sha: str) -> dict:
+    run_dir = run_dir_for(config, kd, teacher_sha, args)
+    if (run_dir / "model.safetensors").is_file() and (run_dir / "train_summary.json").is_file():
+        loaded = sc.load_trained(run_dir)
+        model, spec = loaded.model, loaded.input_spec
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+    else:
+        resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+        if kd is None:
+            result = sc.train(config, run_dir, dataset=dataset, resume=resume)
+        else:
+            result = distill(config, kd, args.teacher, run_dir, dataset=dataset, resume=resume)
+        model, spec, summary = result.model, result.input_spec, result.summary
+    recipe = {"stage": "distill" if kd else "train", **config.to_dict()}
+    if kd is not None:
+        recipe["distill"] = {**kd.to_dict(), "teacher": str(args.teacher), "sha256": teacher_sha}
+    record = sc.evaluate(
+        model, dataset, spec, model_name=config.model, recipe=recipe, run_dir=run_dir
+    )
+    record.update(
+        epochs=config.epochs,
+        wall_s=summary["wall_s"],
+        s_per_epoch=summary["s_per_epoch"],
+        train_img_per_s=summary["train_img_per_s"],
+        teacher_s=summary.get("teacher_s", 0.0),
+        teacher_share=summary.get("teacher_share", 0.0),
+        run_dir=str(run_dir),
+    )
+    return record
+
+
+def int8_record(run_dir: Path, dataset) -> dict:
+    result = quantize(run_dir, "ptq", run_dir=run_dir / "int8", config=PTQConfig(), dataset=dataset)
+    return {**result.record, "bound_bytes": result.bound_bytes}
+
+
+def markdown_table(records: list[dict]) -> str:
+    by_id = {r["id"]: r for r in records}
+    teacher = by_id.get("teacher")
+    lines = [
+        "| student | KD | epochs | test acc. | vs teacher | KD vs no KD | params "
+        "| deployable bytes | wall | teacher share |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in records:
+        kd = "yes" if "-kd" in r["id"] else ("-" if r["id"] == "teacher" else "no")
+        vs_teacher = f"{(r['accuracy'] - teacher['accuracy']) * 100:+.2f}" if teacher else "-"
+        plain = by_id.get(r["id"].replace("-kd", "-ce")) if r["id"].endswith("-kd") else None
+        gain = f"{(r['accuracy'] - plain['accuracy']) * 100:+.2f}" if plain else "-"
+        wall = f"{r['wall_s'] / 60:.0f} min" if r.get("wall_s") else "-"
+        share = f"{r['teacher_share'] * 100:.0f}%" if r.get("teacher_share") else "-"
+        lines.append(
+            f"| {r['id']} | {kd} | {r.get('epochs', '-')} | {r['accuracy'] * 100:.2f}% "
+            f"| {vs_teacher} | {gain} | {r['params'] / 1e6:.2f} M "
+            f"| {r['size_bytes']:,} ({r['format']}) | {wall} | {share} |"
+        )
+    cpu = records[0]["latency"].get("cpu", {}) if records else {}
+    lines.append(f"\nCPU: {cpu.get('model')}, {cpu.get('cores')} cores.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__, "results/distill.json")
+    parser.add_argument("--teacher", type=Path, default=TEACHER, help="run dir or weights + card")
+    parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="skip the students trained without KD")  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=None, help="override every row's epochs")
+    parser.add_argument("--limit-batches", type=int, default=None, help="smoke test")
+    parser.add_argument("--table", action="store_true", help="print the README table and exit")
+    parser.add_argument("--retime", action="store_true", help="re-time all rows side by side")
+    args = parser.parse_args()
+    records = RecordList(args.out)
+    if args.table or args.retime:
+        if args.retime:
+            retime(records, args.threads)
+        print(markdown_table(records.records))
+        return
+    dataset = sc.load_dataset("eurosat", args.data_dir)
+    print(f"EuroSAT: {dataset.split_source}; CPU: {json.dumps(cpu_description())}")
+    teacher_file = sc.load_trained(args.teacher).weights_path
+    teacher_sha = file_digest(teacher_file, "sha256")[:16]
+    records.get_or_run(
+        "teacher",
+        lambda: checkpoint_record(
+            "resnet18", args.teacher, dataset, args.runs_dir / f"distill-teacher-{teacher_sha}"
+        ),
+    )
+    for student in args.students:
+        config = student_config(student, args)
+        for kd in ([None] if args.baselines else []) + [DistillConfig()]:
+            row = f"{student}-{'kd' if kd else 'ce'}"
+            record = records.get_or_run(
+                row, lambda c=config, k=kd: train_student(c, k, args, dataset, teacher_sha)
+            )
+            print(f"{row}: {record['accuracy'] * 100:.2f}% after {record['epochs']} epochs")
+        if STUDENTS[student][3]:
+            kd_run = Path(records.get(f"{student}-kd")["run_dir"])
+            records.get_or_run(f"{student}-kd-int8", lambda r=kd_run: int8_record(r, dataset))
+    print(markdown_table(records.records))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
