@@ -155,7 +155,7 @@ def _finetune_base(base: str, args: argparse.Namespace) -> sc.TrainConfig:
 
 
 def vit_layers(base: dict, args: argparse.Namespace, dataset) -> str:
-    """The ViT layer-importance table (JSON, text and plot written beside the dense run)."""
+    """The ViT layer-importance table; its JSON and plot are also copied beside ``--out``."""
     loaded = sc.load_trained(base["run_dir"])
     out = Path(base["run_dir"]) / "vit_layers"
     result = vit_layer_importance(
@@ -165,6 +165,8 @@ def vit_layers(base: dict, args: argparse.Namespace, dataset) -> str:
         out,
         input_spec=loaded.input_spec,
     )
+    for name in ("vit_layers.json", "vit_layers.png"):  # results/prune-vit-layers.*
+        shutil.copyfile(out / name, args.out.with_name(f"{args.out.stem}-{name.replace('_', '-')}"))
     table = vit_layers_table(result)
     print(table, f"\n(plot: {out / 'vit_layers.png'})")
     return table

@@ -392,7 +392,8 @@ def _print_record(record: dict[str, Any]) -> None:
     print(
         f"{record['model']} on {record['dataset']} ({record['split']}): "
         f"accuracy {record['accuracy'] * 100:.2f}%, {record['params']:,} params, "
-        f"{record['macs'] / 1e6:.1f} M MACs, {record['size_bytes']:,} bytes ONNX, "
+        f"{record['macs'] / 1e6:.1f} M MACs, "
+        f"{record['size_bytes']:,} bytes ({record.get('format', 'onnx-fp32')}), "
         + ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items())
     )
 

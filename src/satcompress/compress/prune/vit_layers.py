@@ -177,8 +177,15 @@ def plot_png(result: dict[str, Any]) -> bytes:
     ax = fig.subplots()
     ax.bar([i - 0.2 for i in index], [100 * r["removed_drop"] for r in rows], 0.4,
            label="block removed")  # fmt: skip
+    counts = {(r["heads"], r["heads_left"]) for r in rows}
+    # the pruner rounds the ratio per block (e.g. 0.5 of 3 heads keeps 1): say what was done
+    label = (
+        "heads pruned: {} -> {} per block".format(*counts.pop())
+        if len(counts) == 1
+        else f"{ratio:.0%} of its heads pruned (rounded per block)"
+    )
     ax.bar([i + 0.2 for i in index], [100 * r["heads_drop"] for r in rows], 0.4,
-           label=f"{ratio:.0%} of its heads pruned")  # fmt: skip
+           label=label)  # fmt: skip
     ax.set_xlabel("transformer block")
     ax.set_ylabel("accuracy drop (points)")
     ax.set_xticks(index)
