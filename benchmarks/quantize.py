@@ -11,7 +11,8 @@ Writes ``results/quantize.json``: one record per variant in the shared schema pl
   MobileNetV2: 8, 4, 2), ``--qat-epochs`` epochs each; a diverged run is recorded with
   ``status: diverged`` (its artifact holds the last good checkpoint);
 * ``<model>-qat-w<b>-sparse50``: that QAT model with 50% of each layer's weights zeroed by
-  magnitude (no fine-tuning), to show pruned zeros shrinking the artifact.
+  magnitude (no fine-tuning), to show pruned zeros shrinking the artifact (not at 1 bit,
+  whose +-1 code has no zero).
 
 Resumable: finished rows are kept; an interrupted QAT run continues from its last checkpoint.
 The fp32 models are the baseline runs (``benchmarks/baseline.py``, same ``--runs-dir``), or
@@ -229,6 +230,8 @@ def run_model(model: str, args: argparse.Namespace, records: RecordList, dataset
         out = root / f"{key}-qat-w{bits}{suffix}"
         row = f"{model}-qat-w{bits}"
         records.get_or_run(row, lambda b=bits, o=out: qat_row(run, dataset, model, b, o, args))
+        if bits == 1:  # a 1-bit code is +-1: with zeros it is a ternary (1.58-bit) model
+            continue
         records.get_or_run(
             f"{row}-sparse50",
             lambda o=out: sparse_row(o, dataset, model, o.with_name(o.name + "-sparse50")),
@@ -261,7 +264,9 @@ def main() -> None:
     parser.add_argument(
         "--retime", action="store_true", help="only re-time every row side by side, then exit"
     )
-    parser.add_argument("--retime-rounds", type=int, default=3)
+    parser.add_argument(
+        "--retime-rounds", type=int, default=3, help="rounds of the final timing pass; 0 = none"
+    )
     args = parser.parse_args()
     if args.table:
         print(markdown_table(RecordList(args.out).records))
@@ -277,7 +282,8 @@ def main() -> None:
     images = calibration_images(dataset, args.calibration_images)
     for model in args.models:
         run_model(model, args, records, dataset, images)
-    baseline.retime(records, args.threads, args.retime_rounds)
+    if args.retime_rounds:  # 0: leave the timing pass for later (--retime)
+        baseline.retime(records, args.threads, args.retime_rounds)
     print(markdown_table(records.records))
 
 
