@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -266,7 +267,23 @@ def benchmark_parser(doc: str, out: str) -> argparse.ArgumentParser:
         "--runs-dir", type=Path, default=Path.home() / ".cache" / "satcompress" / "benchmarks"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch/ORT threads")
+    parser.add_argument("--table", action="store_true", help="print the README table and exit")
+    parser.add_argument(
+        "--retime", action="store_true", help="only re-time every row side by side, then exit"
+    )
+    parser.add_argument("--retime-rounds", type=int, default=3, help="interleaved timing rounds")
     return parser
+
+
+def report_only(args: argparse.Namespace, table: Callable[[list[dict]], str]) -> bool:
+    """``--table`` / ``--retime``: print (after re-timing) the README table; True if done."""
+    if not (args.table or args.retime):
+        return False
+    records = RecordList(args.out)
+    if args.retime:
+        retime(records, args.threads, max(1, args.retime_rounds))
+    print(table(records.records))
+    return True
 
 
 def main() -> None:
@@ -275,18 +292,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--throughput-batches", type=int, default=40)
     parser.add_argument("--throughput-rounds", type=int, default=2)
-    parser.add_argument("--table", action="store_true", help="print the README table and exit")
-    parser.add_argument(
-        "--refresh-latency",
-        action="store_true",
-        help="re-time the saved ONNX files side by side and exit",
-    )
     args = parser.parse_args()
-    if args.table:
-        print(markdown_table(RecordList(args.out).records))
-        return
-    if args.refresh_latency:
-        retime(RecordList(args.out), args.threads)
+    if report_only(args, markdown_table):
         return
 
     records = RecordList(args.out)

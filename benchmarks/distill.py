@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 
 import satcompress as sc
-from baseline import benchmark_parser, checkpoint_record, retime
+from baseline import benchmark_parser, checkpoint_record, report_only
 from satcompress.compress.distill import DistillConfig, distill
 from satcompress.compress.quantize import PTQConfig, quantize
 from satcompress.evaluate import RecordList
@@ -133,15 +133,10 @@ def main() -> None:
                         help="skip the students trained without KD")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None, help="override every row's epochs")
     parser.add_argument("--limit-batches", type=int, default=None, help="smoke test")
-    parser.add_argument("--table", action="store_true", help="print the README table and exit")
-    parser.add_argument("--retime", action="store_true", help="re-time all rows side by side")
     args = parser.parse_args()
-    records = RecordList(args.out)
-    if args.table or args.retime:
-        if args.retime:
-            retime(records, args.threads)
-        print(markdown_table(records.records))
+    if report_only(args, markdown_table):
         return
+    records = RecordList(args.out)
     dataset = sc.load_dataset("eurosat", args.data_dir)
     print(f"EuroSAT: {dataset.split_source}; CPU: {json.dumps(cpu_description())}")
     teacher_file = sc.load_trained(args.teacher).weights_path

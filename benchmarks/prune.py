@@ -32,7 +32,7 @@ from baseline import (
     checkpoint_record,
     config_for,
     given_checkpoints,
-    retime,
+    report_only,
     run_key,
     train_and_evaluate,
 )
@@ -230,19 +230,10 @@ def main() -> None:
         "--limit-batches", type=int, default=None, help="smoke test: batches per epoch"
     )
     parser.add_argument("--only", nargs="+", help="run only rows whose id contains one of these")
-    parser.add_argument("--table", action="store_true", help="print the README table and exit")
-    parser.add_argument(
-        "--retime", action="store_true", help="only re-time every row side by side, then exit"
-    )
     args = parser.parse_args()
+    if report_only(args, markdown_table):
+        return
     records = RecordList(args.out)
-    if args.table:
-        print(markdown_table(records.records))
-        return
-    if args.retime:
-        retime(records, args.threads)
-        print(markdown_table(records.records))
-        return
     dataset = sc.load_dataset("eurosat", args.data_dir)
     print(f"EuroSAT: {dataset.split_source}; CPU: {json.dumps(cpu_description())}")
     for row in rows(args):

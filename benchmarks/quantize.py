@@ -260,20 +260,8 @@ def main() -> None:
     )
     parser.add_argument("--kd", action="store_true", help="QAT distils from the fp32 model")
     parser.add_argument("--calibration-images", type=int, default=512)
-    parser.add_argument("--table", action="store_true", help="print the README table and exit")
-    parser.add_argument(
-        "--retime", action="store_true", help="only re-time every row side by side, then exit"
-    )
-    parser.add_argument(
-        "--retime-rounds", type=int, default=3, help="rounds of the final timing pass; 0 = none"
-    )
     args = parser.parse_args()
-    if args.table:
-        print(markdown_table(RecordList(args.out).records))
-        return
-    if args.retime:
-        baseline.retime(RecordList(args.out), args.threads, args.retime_rounds)
-        print(markdown_table(RecordList(args.out).records))
+    if baseline.report_only(args, markdown_table):
         return
 
     records = RecordList(args.out)
@@ -282,7 +270,7 @@ def main() -> None:
     images = calibration_images(dataset, args.calibration_images)
     for model in args.models:
         run_model(model, args, records, dataset, images)
-    if args.retime_rounds:  # 0: leave the timing pass for later (--retime)
+    if args.retime_rounds:  # the final timing pass; 0: leave it for later (--retime)
         baseline.retime(records, args.threads, args.retime_rounds)
     print(markdown_table(records.records))
 
