@@ -275,6 +275,13 @@ def benchmark_parser(doc: str, out: str) -> argparse.ArgumentParser:
     return parser
 
 
+def load_eurosat(data_dir: Path):
+    """EuroSAT for a benchmark, with the split in use and the CPU printed (figures need both)."""
+    dataset = sc.load_dataset("eurosat", data_dir)
+    print(f"EuroSAT: {dataset.split_source}; CPU: {json.dumps(cpu_description())}")
+    return dataset
+
+
 def report_only(args: argparse.Namespace, table: Callable[[list[dict]], str]) -> bool:
     """``--table`` / ``--retime``: print (after re-timing) the README table; True if done."""
     if not (args.table or args.retime):
@@ -297,8 +304,7 @@ def main() -> None:
         return
 
     records = RecordList(args.out)
-    dataset = sc.load_dataset("eurosat", args.data_dir)
-    print(f"EuroSAT: {dataset.split_source}; CPU: {json.dumps(cpu_description())}")
+    dataset = load_eurosat(args.data_dir)
     for model in args.models:
         config = config_for(model, args)
         key = f"baseline-{run_key(config)}"

@@ -27,11 +27,10 @@ import os
 from pathlib import Path
 
 import satcompress as sc
-from baseline import benchmark_parser, checkpoint_record, report_only
+from baseline import benchmark_parser, checkpoint_record, load_eurosat, report_only
 from satcompress.compress.distill import DistillConfig, distill
 from satcompress.compress.quantize import PTQConfig, quantize
 from satcompress.evaluate import RecordList
-from satcompress.evaluate.profile import cpu_description
 from satcompress.utils.io import file_digest
 
 TEACHER = Path("../shared/models/resnet18_eurosat64.safetensors")
@@ -137,8 +136,7 @@ def main() -> None:
     if report_only(args, markdown_table):
         return
     records = RecordList(args.out)
-    dataset = sc.load_dataset("eurosat", args.data_dir)
-    print(f"EuroSAT: {dataset.split_source}; CPU: {json.dumps(cpu_description())}")
+    dataset = load_eurosat(args.data_dir)
     teacher_file = sc.load_trained(args.teacher).weights_path
     teacher_sha = file_digest(teacher_file, "sha256")[:16]
     records.get_or_run(

@@ -32,6 +32,7 @@ from baseline import (
     checkpoint_record,
     config_for,
     given_checkpoints,
+    load_eurosat,
     report_only,
     run_key,
     train_and_evaluate,
@@ -44,7 +45,6 @@ from satcompress.compress.prune import (
     vit_layers_table,
 )
 from satcompress.evaluate import RecordList
-from satcompress.evaluate.profile import cpu_description
 
 FINETUNE_EPOCHS = 5
 VIT_PATCH = 16  # 16 tokens at 64x64 (patch 8: 64 tokens, about 4x the MACs and time)
@@ -234,8 +234,7 @@ def main() -> None:
     if report_only(args, markdown_table):
         return
     records = RecordList(args.out)
-    dataset = sc.load_dataset("eurosat", args.data_dir)
-    print(f"EuroSAT: {dataset.split_source}; CPU: {json.dumps(cpu_description())}")
+    dataset = load_eurosat(args.data_dir)
     for row in rows(args):
         if args.only and not any(part in row["id"] for part in args.only):
             continue

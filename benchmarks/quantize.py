@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 from pathlib import Path
@@ -46,7 +45,6 @@ from satcompress.evaluate import (
     count_params,
     evaluate_onnx,
 )
-from satcompress.evaluate.profile import cpu_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baseline  # noqa: E402  (the baseline benchmark's recipes and run keys)
@@ -265,8 +263,7 @@ def main() -> None:
         return
 
     records = RecordList(args.out)
-    dataset = sc.load_dataset("eurosat", args.data_dir)
-    print(f"EuroSAT: {dataset.split_source}; CPU: {json.dumps(cpu_description())}")
+    dataset = baseline.load_eurosat(args.data_dir)
     images = calibration_images(dataset, args.calibration_images)
     for model in args.models:
         run_model(model, args, records, dataset, images)
