@@ -28,6 +28,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,15 +115,32 @@ def ptq_row(run: Path, dataset, model: str, out: Path) -> dict:
     return result.record
 
 
-def qat_epochs(bits: int, args: argparse.Namespace) -> int:
-    """QAT epochs at ``bits``: ``--qat-epochs-map`` if it names them, else ``--qat-epochs``."""
-    given = {int(b): int(e) for b, e in (item.split("=", 1) for item in args.qat_epochs_map)}
-    return given.get(bits, args.qat_epochs)
+def _per_bits(items: list[str], cast: type) -> dict[int, Any]:
+    return {int(b): cast(v) for b, v in (item.split("=", 1) for item in items)}
 
 
-def qat_row(run: Path, dataset, model: str, bits: int, out: Path, args) -> dict:
-    teacher = "self" if args.kd else None
-    config = QATConfig(bits=bits, epochs=qat_epochs(bits, args), teacher=teacher)
+def qat_config(model: str, bits: int, args: argparse.Namespace) -> QATConfig:
+    """The QAT recipe of one row: ``--qat-epochs(-map)``, ``--qat-lr-map``, ``--kd`` and
+    ``--depthwise-bits`` (MobileNetV2's depthwise convolutions below that bit-width)."""
+    depthwise = args.depthwise_bits if model == "mobilenet_v2" else None
+    return QATConfig(
+        bits=bits,
+        epochs=_per_bits(args.qat_epochs_map, int).get(bits, args.qat_epochs),
+        lr=_per_bits(args.qat_lr_map, float).get(bits),
+        depthwise_bits=depthwise if depthwise and bits < depthwise else None,
+        teacher="self" if args.kd else None,
+    )
+
+
+def qat_run_name(config: QATConfig, args: argparse.Namespace) -> str:
+    """Cache folder suffix of a QAT row: every recipe setting that differs between rows."""
+    name = f"-qat-w{config.bits}-e{config.epochs}{'-kd' if config.teacher else ''}"
+    name += f"-lr{config.lr:g}" if config.lr else ""
+    name += f"-dw{config.depthwise_bits}" if config.depthwise_bits else ""
+    return name + (f"-limit{args.limit_batches}" if args.limit_batches else "")
+
+
+def qat_row(run: Path, dataset, model: str, config: QATConfig, out: Path, args) -> dict:
     train_config = None
     overrides = {"threads": args.threads, "limit_batches": args.limit_batches}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -223,11 +241,10 @@ def run_model(model: str, args: argparse.Namespace, records: RecordList, dataset
         f"{model}-ptq-int8", lambda: ptq_row(run, dataset, model, root / f"{key}-ptq")
     )
     for bits in [b for b in BITS[model] if not args.bits or b in args.bits]:
-        suffix = f"-e{qat_epochs(bits, args)}{'-kd' if args.kd else ''}"
-        suffix += f"-limit{args.limit_batches}" if args.limit_batches else ""
-        out = root / f"{key}-qat-w{bits}{suffix}"
+        config = qat_config(model, bits, args)
+        out = root / f"{key}{qat_run_name(config, args)}"
         row = f"{model}-qat-w{bits}"
-        records.get_or_run(row, lambda b=bits, o=out: qat_row(run, dataset, model, b, o, args))
+        records.get_or_run(row, lambda c=config, o=out: qat_row(run, dataset, model, c, o, args))
         if bits == 1:  # a 1-bit code is +-1: with zeros it is a ternary (1.58-bit) model
             continue
         records.get_or_run(
@@ -252,6 +269,19 @@ def main() -> None:
         default=[],
         metavar="BITS=EPOCHS",
         help="per-bit-width QAT epochs, e.g. 8=1 4=2 (others: --qat-epochs)",
+    )
+    parser.add_argument(
+        "--qat-lr-map",
+        nargs="*",
+        default=[],
+        metavar="BITS=LR",
+        help="per-bit-width QAT peak LR, e.g. 8=0.002 (others: a tenth of the recipe's)",
+    )
+    parser.add_argument(
+        "--depthwise-bits",
+        type=int,
+        default=None,
+        help="MobileNetV2: depthwise convolutions at these bits in rows below them",
     )
     parser.add_argument(
         "--limit-batches", type=int, default=None, help="smoke test: QAT batches per epoch"

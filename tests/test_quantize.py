@@ -21,6 +21,7 @@ from satcompress.compress.quantize import (
     quantize_onnx,
     resolve_layer_bits,
 )
+from satcompress.compress.quantize.qat import quant_layers
 from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.models import create_model
@@ -200,6 +201,20 @@ def test_layer_bits_follow_bits_first_last_policy_and_bits_map(tmp_path):
     assert bits["layer1.conv1"] == 4 and bits["fc"] is None and bits["layer2.conv2"] == 3
 
 
+def test_depthwise_bits_apply_to_depthwise_convolutions_only():
+    model = create_model("test_mobilenet", 10)
+    probe = torch.zeros(2, 3, 32, 32)
+    bits = resolve_layer_bits(model, QATConfig(bits=2, depthwise_bits=8), probe)
+    depthwise = {"features.1.conv.0.0", "features.2.conv.1.0", "features.3.conv.1.0"}
+    assert {name for name, b in bits.items() if b == 8} == depthwise | {
+        "features.0.0",
+        "classifier.1",
+    }
+    assert bits["features.2.conv.0.0"] == 2 and bits["features.2.conv.2"] == 2
+    with pytest.raises(ConfigError, match="depthwise_bits"):
+        QATConfig(depthwise_bits=16)
+
+
 # --- QAT: export matches the fake-quant model ---------------------------------------------
 
 
@@ -247,6 +262,34 @@ def test_output_quantizers_let_onnx_runtime_fuse_int8_convolutions(tmp_path):
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert ops.count("QLinearConv") == 6 and "Conv" not in ops  # all six convolutions
+
+
+def _quantize_nodes(path, level):
+    """QuantizeLinear nodes left after ONNX Runtime's graph optimizations at ``level``."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(options.optimized_model_filepath).graph
+    return sum(n.op_type == "QuantizeLinear" for n in graph.node)
+
+
+def test_a_linear_bottleneck_is_quantized_once_so_onnx_runtime_runs_the_trained_model(tmp_path):
+    # MobileNetV2's projection conv + batch norm feeds the next block's conv directly: that
+    # conv must reuse the output quantizer's grid, not requantize with a second scale (ONNX
+    # Runtime collapses such a Q-DQ-Q-DQ chain, so the deployed model would differ).
+    images = _images(16)
+    model, layer_bits, x = _qat_model("test_mobilenet", 2, images)
+    layers = quant_layers(model)
+    fed = ["features.2.conv.0.0", "features.3.conv.0.0"]  # each after a linear bottleneck
+    assert all(not layers[name].input_quant.is_quant_enabled for name in fed)
+    assert layers["features.1.conv.0.0"].input_quant.is_quant_enabled  # after a ReLU6
+    path, _, _ = export_qat_onnx(model, SPEC, (32, 32), tmp_path / "mnv2.onnx", layer_bits)
+    before = _quantize_nodes(path, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert _quantize_nodes(path, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC) == before
+    with torch.no_grad():
+        reference = model(x).numpy()
+    _assert_matches(run_session(make_session(path, 1), images), reference, exact=False)
 
 
 def _assert_matches(exported, reference, exact=True):

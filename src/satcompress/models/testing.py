@@ -1,4 +1,4 @@
-"""Tiny models for fast tests: ``test_cnn``, ``test_resnet`` and ``test_vit``.
+"""Tiny models for fast tests: ``test_cnn``, ``test_resnet``, ``test_mobilenet``, ``test_vit``.
 
 They build in milliseconds and run on any small input, so unit tests of training, pruning,
 quantization and export need not touch real architectures.
@@ -9,12 +9,13 @@ from __future__ import annotations
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torchvision.models.mobilenetv2 import MobileNetV2
 from torchvision.models.resnet import BasicBlock
 
 from satcompress.models.registry import register_model
 from satcompress.models.weights import _no_pretrained
 
-__all__ = ["test_cnn", "test_resnet", "test_vit"]
+__all__ = ["test_cnn", "test_mobilenet", "test_resnet", "test_vit"]
 
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
@@ -67,6 +68,19 @@ def test_resnet(num_classes: int, pretrained: bool = False, width: int = 8) -> n
     if pretrained:
         raise _no_pretrained("test_resnet")
     return _TinyResNet(num_classes, width=width)
+
+
+@register_model("test_mobilenet", family="test")
+def test_mobilenet(num_classes: int, pretrained: bool = False) -> nn.Module:
+    """Tiny torchvision MobileNetV2: three inverted residual blocks, one with a skip.
+
+    It has what the small CNNs lack: depthwise convolutions, linear bottlenecks (a
+    convolution + batch norm feeding the next block's convolution directly) and ReLU6.
+    """
+    if pretrained:
+        raise _no_pretrained("test_mobilenet")
+    setting = [[1, 8, 1, 1], [4, 16, 2, 2]]
+    return MobileNetV2(num_classes, width_mult=0.5, inverted_residual_setting=setting)
 
 
 @register_model("test_vit", family="test", image_size=32)

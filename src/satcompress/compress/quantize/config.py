@@ -85,6 +85,9 @@ class QATConfig(Config):
             layer of the model.
         first_last: Policy for the first and last quantized layers: ``8bit``, ``same`` (as
             ``bits``) or ``float`` (not quantized).
+        depthwise_bits: Weight bits of depthwise convolutions (``groups == in_channels``),
+            None = ``bits``. A depthwise filter has only 9 weights per channel, so at 2 bits
+            it loses far more than a dense one; ``8`` costs a few percent of the size.
         output_quant: Also quantize (8 bits) each quantized convolution's output after its
             batch norm, so ONNX Runtime runs it with int8 kernels (``QLinearConv``); off, only
             layer inputs are quantized and the runtime convolves dequantized weights in float.
@@ -103,6 +106,7 @@ class QATConfig(Config):
     activation_bits: int | None = 8
     bits_map: dict[str, int] = dataclasses.field(default_factory=dict)
     first_last: str = "8bit"
+    depthwise_bits: int | None = None
     output_quant: bool = True
     epochs: int = 3
     lr: float | None = None
@@ -131,6 +135,8 @@ class QATConfig(Config):
             if value != FLOAT_BITS:
                 check_weight_bits(value, f"bits_map[{name!r}]")
         _choice("first_last", self.first_last, FIRST_LAST_POLICIES)
+        if self.depthwise_bits is not None:
+            check_weight_bits(self.depthwise_bits, "depthwise_bits")
         _choice("weight_scale", self.weight_scale, WEIGHT_SCALES)
         if self.epochs < 0:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")

@@ -149,8 +149,8 @@ def resolve_layer_bits(
 ) -> dict[str, int | None]:
     """Weight bits of every quantizable layer (None = keep in float).
 
-    ``bits`` everywhere, the ``first_last`` policy for the first and last layers called,
-    then ``bits_map`` on top.
+    ``bits`` everywhere, ``depthwise_bits`` for depthwise convolutions, the ``first_last``
+    policy for the first and last layers called, then ``bits_map`` on top.
 
     Raises:
         ConfigError: If ``bits_map`` names a layer the model does not have (the message lists
@@ -161,6 +161,10 @@ def resolve_layer_bits(
         raise ConfigError("the model has no Conv2d or Linear layer to quantize")
     _check_bits_map(config.bits_map, layers)
     bits: dict[str, int | None] = {name: config.bits for name in layers}
+    if config.depthwise_bits is not None:
+        for name, layer in layers.items():
+            if _is_depthwise(layer):
+                bits[name] = config.depthwise_bits
     called = execution_order(model, probe) or list(layers)
     edge = {"8bit": 8, "same": config.bits, "float": None}[config.first_last]
     for name in {called[0], called[-1]}:
@@ -168,6 +172,10 @@ def resolve_layer_bits(
     for name, value in config.bits_map.items():
         bits[name] = None if value == FLOAT_BITS else int(value)
     return bits
+
+
+def _is_depthwise(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels
 
 
 def _check_bits_map(bits_map: dict[str, int], layers: dict[str, nn.Module]) -> None:
@@ -203,10 +211,13 @@ def prepare_qat(
     layer_bits = resolve_layer_bits(model, config, probe)
     quantize_outputs = config.output_quant and config.activation_bits is not None
     norms = conv_batch_norms(model) if quantize_outputs else {}
+    quantized_norms = {norms[name] for name, bits in layer_bits.items() if name in norms and bits}
+    requantized = layers_fed_by(model, quantized_norms, probe)
     for name, bits in layer_bits.items():
         if bits is not None:
             layer = model.get_submodule(name)
-            _set_module(model, name, _quant_layer(layer, bits, config))
+            quant = _quant_layer(layer, bits, config, quantize_input=name not in requantized)
+            _set_module(model, name, quant)
             if name in norms:
                 norm = model.get_submodule(norms[name])
                 _set_module(model, norms[name], nn.Sequential(norm, _output_quant()))
@@ -233,13 +244,46 @@ def conv_batch_norms(model: nn.Module) -> dict[str, str]:
     return pairs
 
 
+def layers_fed_by(model: nn.Module, sources: set[str], probe: torch.Tensor) -> set[str]:
+    """Quantizable layers whose input is exactly the output of one of the ``sources`` modules.
+
+    Such a layer's input is already quantized by the source's output quantizer; quantizing it
+    again (a second scale) would be a ``Q -> DQ -> Q -> DQ`` chain that ONNX Runtime collapses
+    into one quantization, so the deployed model would differ from the trained one.
+    """
+    # The tensors themselves (not ids, which are reused) and their version counters: an
+    # in-place op in between (a ReLU6 after the batch norm) bumps the version.
+    produced: list[tuple[torch.Tensor, int]] = []
+    fed: set[str] = set()
+
+    def remember(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        produced.append((out, out._version))
+
+    def check(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if any(args[0] is out and out._version == v for out, v in produced):
+                fed.add(name)
+
+        return hook
+
+    hooks = [model.get_submodule(name).register_forward_hook(remember) for name in sources]
+    hooks += [
+        layer.register_forward_pre_hook(check(name))
+        for name, layer in quantizable_layers(model).items()
+    ]
+    run_with_hooks(model, probe, hooks)
+    return fed
+
+
 def _output_quant() -> nn.Module:
     return QuantIdentity(
         act_quant=ShiftedUint8ActPerTensorFloat, bit_width=8, return_quant_tensor=False
     )
 
 
-def _quant_layer(layer: nn.Module, bits: int, config: QATConfig) -> nn.Module:
+def _quant_layer(
+    layer: nn.Module, bits: int, config: QATConfig, *, quantize_input: bool = True
+) -> nn.Module:
     kwargs: dict[str, Any] = {"return_quant_tensor": False, "bias": layer.bias is not None}
     if bits == 1:
         kwargs["weight_quant"] = BinaryWeightPerChannel
@@ -249,7 +293,7 @@ def _quant_layer(layer: nn.Module, bits: int, config: QATConfig) -> nn.Module:
             Int8WeightPerChannelFloatMSE if learned else (Int8WeightPerChannelFloat)
         )
         kwargs["weight_bit_width"] = bits
-    if config.activation_bits is not None:
+    if config.activation_bits is not None and quantize_input:
         kwargs["input_quant"] = ShiftedUint8ActPerTensorFloat
         kwargs["input_bit_width"] = config.activation_bits
     if isinstance(layer, nn.Conv2d):
