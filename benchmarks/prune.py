@@ -54,10 +54,15 @@ def rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every pruned variant: id, dense base, pruning settings."""
     kd = {"teacher": "self"} if args.distill else {}
     epochs, lr = args.finetune_epochs, args.finetune_lr
+    # ResNet-18: one-shot structured pruning, all 5 epochs on the final architecture (2 steps
+    # of 2 + 3 epochs measured 94.81%: the second step's accuracy was still rising); global
+    # magnitude ranking, so the small first and last layers keep their weights (a 90% ratio in
+    # every layer measured 93.06%)
     out = [
-        _row("resnet18", "l1", 0.5, steps=2, epochs=epochs, lr=lr, **kd),
-        _row("resnet18", "magnitude", 0.9, steps=3, epochs=epochs, lr=lr, **kd),
-    ]
+        _row("resnet18", "l1", 0.5, steps=1, epochs=epochs, lr=lr, **kd),
+        _row("resnet18", "magnitude", 0.9, steps=3, epochs=epochs, lr=lr, global_pruning=True,
+             **kd),
+    ]  # fmt: skip
     out += [
         _row("mobilenet_v2", "l1", r, steps=2, epochs=epochs, lr=lr, **kd)
         for r in (0.25, 0.5, 0.75)
