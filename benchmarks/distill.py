@@ -15,7 +15,11 @@ Resumable: finished rows are kept; trained runs are cached in ``--runs-dir`` key
 their config (and the teacher's digest), an interrupted one continues from its last
 checkpoint.
 
+``--dataset ucmerced`` (rows ``ucmerced-*``, same file): a ResNet-18 teacher trained here
+from scratch, then MobileNetV2 with and without KD, at 128 px (``--ucm-size``), 30 epochs.
+
     python benchmarks/distill.py --data-dir ../shared/data
+    python benchmarks/distill.py --dataset ucmerced --precision bf16-mixed
     python benchmarks/distill.py --table
 """
 
@@ -27,13 +31,20 @@ import os
 from pathlib import Path
 
 import satcompress as sc
-from baseline import benchmark_parser, checkpoint_record, load_eurosat, report_only
+from baseline import (
+    benchmark_parser,
+    checkpoint_record,
+    load_eurosat,
+    report_only,
+    train_and_evaluate,
+)
 from satcompress.compress.distill import DistillConfig, distill
 from satcompress.compress.quantize import PTQConfig, quantize
 from satcompress.evaluate import RecordList
 from satcompress.utils.io import file_digest
 
 TEACHER = Path("../shared/models/resnet18_eurosat64.safetensors")
+UCM_EPOCHS = 30
 #: student id -> (registry name, builder arguments, epochs, also quantize to int8)
 STUDENTS = {
     "mobilenet_v2": ("mobilenet_v2", {}, 15, False),
@@ -52,6 +63,7 @@ def student_config(student: str, args) -> sc.TrainConfig:
         epochs=args.epochs or epochs,
         threads=args.threads,
         limit_batches=args.limit_batches,
+        precision=args.precision,
     )
 
 
@@ -63,7 +75,9 @@ def run_dir_for(config: sc.TrainConfig, kd: DistillConfig | None, teacher_sha: s
     return args.runs_dir / f"distill-{config.model}-{'kd' if kd else 'ce'}-{digest}"
 
 
-def train_student(config, kd: DistillConfig | None, args, dataset, teacher_sha: str) -> dict:
+def train_student(
+    config, kd: DistillConfig | None, teacher: Path, args, dataset, teacher_sha: str
+) -> dict:
     run_dir = run_dir_for(config, kd, teacher_sha, args)
     if (run_dir / "model.safetensors").is_file() and (run_dir / "train_summary.json").is_file():
         loaded = sc.load_trained(run_dir)
@@ -74,11 +88,11 @@ def train_student(config, kd: DistillConfig | None, args, dataset, teacher_sha: 
         if kd is None:
             result = sc.train(config, run_dir, dataset=dataset, resume=resume)
         else:
-            result = distill(config, kd, args.teacher, run_dir, dataset=dataset, resume=resume)
+            result = distill(config, kd, teacher, run_dir, dataset=dataset, resume=resume)
         model, spec, summary = result.model, result.input_spec, result.summary
     recipe = {"stage": "distill" if kd else "train", **config.to_dict()}
     if kd is not None:
-        recipe["distill"] = {**kd.to_dict(), "teacher": str(args.teacher), "sha256": teacher_sha}
+        recipe["distill"] = {**kd.to_dict(), "teacher": str(teacher), "sha256": teacher_sha}
     record = sc.evaluate(
         model, dataset, spec, model_name=config.model, recipe=recipe, run_dir=run_dir
     )
@@ -99,16 +113,60 @@ def int8_record(run_dir: Path, dataset) -> dict:
     return {**result.record, "bound_bytes": result.bound_bytes}
 
 
+def ucmerced_rows(args, records: RecordList) -> None:
+    """UC Merced: a ResNet-18 teacher trained here, then MobileNetV2 with and without KD.
+
+    From scratch (no pretrained weights offline) at ``--ucm-size`` pixels, batch 32 (the
+    train split is 1,260 images: 40 steps an epoch).
+    """
+    dataset = sc.load_dataset("ucmerced", args.data_dir, image_size=args.ucm_size)
+    print(f"UC Merced: {dataset.split_source}, {dataset.image_size} px")
+
+    def config(model: str) -> sc.TrainConfig:
+        return sc.TrainConfig(
+            model=model,
+            dataset="ucmerced",
+            data_dir=str(args.data_dir),
+            image_size=args.ucm_size,
+            epochs=args.epochs or UCM_EPOCHS,
+            batch_size=32,
+            lr=0.05,
+            threads=args.threads,
+            limit_batches=args.limit_batches,
+            precision=args.precision,
+        )
+
+    teacher_config = config("resnet18")
+    record = records.get_or_run(
+        "ucmerced-teacher", lambda: train_and_evaluate(teacher_config, dataset, args.runs_dir)
+    )
+    teacher = Path(record["run_dir"])
+    teacher_sha = file_digest(teacher / "model.safetensors", "sha256")[:16]
+    for kd in [None, DistillConfig()]:
+        row = f"ucmerced-mobilenet_v2-{'kd' if kd else 'ce'}"
+        record = records.get_or_run(
+            row,
+            lambda k=kd: train_student(
+                config("mobilenet_v2"), k, teacher, args, dataset, teacher_sha
+            ),
+        )
+        print(f"{row}: {record['accuracy'] * 100:.2f}% after {record['epochs']} epochs")
+
+
+def _teacher_id(record: dict) -> str:
+    return "teacher" if record.get("dataset", "eurosat") == "eurosat" else "ucmerced-teacher"
+
+
 def markdown_table(records: list[dict]) -> str:
     by_id = {r["id"]: r for r in records}
-    teacher = by_id.get("teacher")
     lines = [
         "| student | KD | epochs | test acc. | vs teacher | KD vs no KD | params "
         "| deployable bytes | wall | teacher share |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in records:
-        kd = "yes" if "-kd" in r["id"] else ("-" if r["id"] == "teacher" else "no")
+        teacher = by_id.get(_teacher_id(r))
+        kd = "yes" if "-kd" in r["id"] else ("-" if r["id"].endswith("teacher") else "no")
         vs_teacher = f"{(r['accuracy'] - teacher['accuracy']) * 100:+.2f}" if teacher else "-"
         plain = by_id.get(r["id"].replace("-kd", "-ce")) if r["id"].endswith("-kd") else None
         gain = f"{(r['accuracy'] - plain['accuracy']) * 100:+.2f}" if plain else "-"
@@ -132,10 +190,20 @@ def main() -> None:
                         help="skip the students trained without KD")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None, help="override every row's epochs")
     parser.add_argument("--limit-batches", type=int, default=None, help="smoke test")
+    parser.add_argument("--precision", default="32-true", help="e.g. bf16-mixed (AVX512-BF16)")
+    parser.add_argument(
+        "--dataset", default="eurosat", choices=("eurosat", "ucmerced"),
+        help="ucmerced: train a ResNet-18 teacher here, then MobileNetV2 with and without KD",
+    )  # fmt: skip
+    parser.add_argument("--ucm-size", type=int, default=128, help="UC Merced pixels")
     args = parser.parse_args()
     if report_only(args, markdown_table):
         return
     records = RecordList(args.out)
+    if args.dataset == "ucmerced":
+        ucmerced_rows(args, records)
+        print(markdown_table(records.records))
+        return
     dataset = load_eurosat(args.data_dir)
     teacher_file = sc.load_trained(args.teacher).weights_path
     teacher_sha = file_digest(teacher_file, "sha256")[:16]
@@ -150,7 +218,10 @@ def main() -> None:
         for kd in ([None] if args.baselines else []) + [DistillConfig()]:
             row = f"{student}-{'kd' if kd else 'ce'}"
             record = records.get_or_run(
-                row, lambda c=config, k=kd: train_student(c, k, args, dataset, teacher_sha)
+                row,
+                lambda c=config, k=kd: train_student(
+                    c, k, args.teacher, args, dataset, teacher_sha
+                ),
             )
             print(f"{row}: {record['accuracy'] * 100:.2f}% after {record['epochs']} epochs")
         if STUDENTS[student][3]:
