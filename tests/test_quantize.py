@@ -450,3 +450,13 @@ def test_cli_qat_2_bits_one_epoch_and_export_from_the_run(cnn_run, dataset, tmp_
     capsys.readouterr()
     assert main([*qat_args, "--bits-map", str(bits_map), "--run-dir", str(tmp_path / "bad")]) == 2
     assert "bits_map names layers the model does not have: 'layer9'" in capsys.readouterr().err
+
+
+def test_cli_qat_flags_reach_the_config():
+    from satcompress.cli import build_parser
+    from satcompress.compress.quantize.cli import config_from_args
+
+    argv = ["quantize", "--method", "qat", "--bits", "2", "--depthwise-bits", "8",
+            "--first-last", "same", "--checkpoint", "x", "--run-dir", "y"]  # fmt: skip
+    config = config_from_args(build_parser().parse_args(argv))
+    assert (config.bits, config.depthwise_bits, config.first_last) == (2, 8, "same")
