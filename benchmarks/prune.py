@@ -156,7 +156,9 @@ def pruned_record(row: dict, base: dict, args: argparse.Namespace, dataset) -> d
 
 def _finetune_base(base: str, args: argparse.Namespace) -> sc.TrainConfig:
     config = dense_config(base, args)
-    return config.replace(threads=args.threads, limit_batches=args.limit_batches)
+    return config.replace(
+        threads=args.threads, limit_batches=args.limit_batches, precision=args.precision
+    )
 
 
 def vit_layers(base: dict, args: argparse.Namespace, dataset) -> str:
@@ -223,6 +225,9 @@ def main() -> None:
     parser.add_argument("--finetune-lr", type=float, default=0.01, help="CNN fine-tuning lr")
     parser.add_argument("--vit-lr", type=float, default=3e-4, help="ViT fine-tuning lr")
     parser.add_argument("--no-distill", dest="distill", action="store_false")
+    parser.add_argument(
+        "--precision", default="32-true", help="fine-tuning precision, e.g. bf16-mixed"
+    )
     parser.add_argument("--analysis-samples", type=int, default=1000)
     parser.add_argument(
         "--checkpoint",
