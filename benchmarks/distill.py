@@ -157,6 +157,22 @@ def _teacher_id(record: dict) -> str:
     return "teacher" if record.get("dataset", "eurosat") == "eurosat" else "ucmerced-teacher"
 
 
+def _table_order(record: dict) -> tuple:
+    """Per data set: the teacher, then each student (in ``STUDENTS`` order) without KD, with
+    KD, int8."""
+    rid = record["id"]
+    dataset = 0 if record.get("dataset", "eurosat") == "eurosat" else 1
+    if rid.endswith("teacher"):
+        return dataset, -1, 0
+    student, _, variant = rid.removeprefix("ucmerced-").partition("-")
+    variants = ["ce", "kd", "kd-int8"]
+    return (
+        dataset,
+        list(STUDENTS).index(student) if student in STUDENTS else len(STUDENTS),
+        variants.index(variant) if variant in variants else len(variants),
+    )
+
+
 def markdown_table(records: list[dict]) -> str:
     by_id = {r["id"]: r for r in records}
     lines = [
@@ -164,7 +180,7 @@ def markdown_table(records: list[dict]) -> str:
         "| deployable bytes | wall | teacher share |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in records:
+    for r in sorted(records, key=_table_order):
         teacher = by_id.get(_teacher_id(r))
         kd = "yes" if "-kd" in r["id"] else ("-" if r["id"].endswith("teacher") else "no")
         vs_teacher = f"{(r['accuracy'] - teacher['accuracy']) * 100:+.2f}" if teacher else "-"
