@@ -33,6 +33,7 @@ SHARED_RESNET18 = Path(__file__).parents[2] / "shared" / "models" / "resnet18_eu
 LIGHT = [
     ("test_cnn", {}, 16),
     ("test_resnet", {}, 16),
+    ("test_mobilenet", {}, 16),
     ("test_vit", {}, 32),
     ("resnet9", {"width": 8}, 16),
     ("resnet18", {}, 32),
@@ -129,7 +130,7 @@ def test_mobilenet_width_changes_param_count() -> None:
 
 
 def test_list_models_pattern() -> None:
-    assert list_models("test_*") == ["test_cnn", "test_resnet", "test_vit"]
+    assert list_models("test_*") == ["test_cnn", "test_mobilenet", "test_resnet", "test_vit"]
     assert list_models("vit_*_patch16") == [
         "vit_base_patch16",
         "vit_small_patch16",
