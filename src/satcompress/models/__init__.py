@@ -3,7 +3,8 @@
 Registered names (see :func:`list_models`): torchvision ``resnet18``, ``mobilenet_v2``
 (``width_mult``), ``efficientnet_v2_s``; the ``resnet9`` student; timm ViTs
 ``vit_{tiny,small,base}_patch16`` (``img_size``, ``patch_size``, ``dynamic_img_size``);
-``clip_vit_b32`` (open_clip); tiny ``test_cnn``, ``test_resnet``, ``test_vit`` for tests.
+``clip_vit_b32`` (open_clip); tiny ``test_cnn``, ``test_resnet``, ``test_mobilenet``,
+``test_vit`` for tests.
 Any timm model is also available as ``timm/<timm name>``, e.g. ``create_model("timm/resnet10t",
 10)``; those names are not listed by :func:`list_models`.
 
