@@ -241,9 +241,15 @@ def markdown_table(records: list[dict]) -> str:
             f"| {r['wall_s'] / 60:.0f} min | {per_epoch:.0f} s | {r['train_img_per_s']:.0f} "
             f"| {ratio} |"
         )
-    cpu = records[0]["latency"]["cpu"] if records else {}
-    rows.append(f"\nCPU: {cpu.get('model')}, {cpu.get('cores')} cores, flags {cpu.get('flags')}.")
+    rows.append(cpu_line(records))
     return "\n".join(rows)
+
+
+def cpu_line(records: list[dict]) -> str:
+    """The line under a README table: the CPU the first record was measured on (figures
+    from different CPUs are not comparable)."""
+    cpu = records[0]["latency"].get("cpu", {}) if records else {}
+    return f"\nCPU: {cpu.get('model')}, {cpu.get('cores')} cores, flags {cpu.get('flags')}."
 
 
 def onnx_file(record: dict, tmp: Path) -> Path | None:

@@ -34,6 +34,7 @@ import satcompress as sc
 from baseline import (
     benchmark_parser,
     checkpoint_record,
+    cpu_line,
     load_eurosat,
     report_only,
     train_and_evaluate,
@@ -193,8 +194,7 @@ def markdown_table(records: list[dict]) -> str:
             f"| {vs_teacher} | {gain} | {r['params'] / 1e6:.2f} M "
             f"| {r['size_bytes']:,} ({r['format']}) | {wall} | {share} |"
         )
-    cpu = records[0]["latency"].get("cpu", {}) if records else {}
-    lines.append(f"\nCPU: {cpu.get('model')}, {cpu.get('cores')} cores.")
+    lines.append(cpu_line(records))
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ from baseline import (
     benchmark_parser,
     checkpoint_record,
     config_for,
+    cpu_line,
     given_checkpoints,
     load_eurosat,
     report_only,
@@ -192,8 +193,7 @@ def markdown_table(records: list[dict]) -> str:
     for record in records:
         base = by_id.get(record.get("base_id"), record)
         lines.append(_table_row(record, base))
-    cpu = records[0]["latency"].get("cpu", {}) if records else {}
-    lines.append(f"\nCPU: {cpu.get('model')}, {cpu.get('cores')} cores.")
+    lines.append(cpu_line(records))
     return "\n".join(lines)
 
 

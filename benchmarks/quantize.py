@@ -215,8 +215,7 @@ def markdown_table(records: list[dict]) -> str:
             f"| {lat.get('bs1', 0):.2f} / {lat.get('bs64', 0):.1f} | {speed} "
             f"| {r.get('status', 'ok')} |"
         )
-    cpu = records[0]["latency"].get("cpu", {}) if records else {}
-    rows.append(f"\nCPU: {cpu.get('model')}, {cpu.get('cores')} cores, flags {cpu.get('flags')}.")
+    rows.append(baseline.cpu_line(records))
     return "\n".join(rows)
 
 
