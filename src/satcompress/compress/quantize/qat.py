@@ -3,7 +3,8 @@
 :func:`prepare_qat` swaps every ``nn.Conv2d``/``nn.Linear`` of any model (CNNs and timm ViTs
 alike: no graph tracing) for Brevitas' ``QuantConv2d``/``QuantLinear``: per-output-channel
 symmetric weights at 1..8 bits (1 bit: sign times a learned per-channel scale) and an
-asymmetric unsigned activation quantizer on each layer's input. Batch norms are kept and
+asymmetric unsigned activation quantizer on each layer's input (unless that input is already
+another layer's quantized output: :func:`layers_fed_by`). Batch norms are kept and
 train as usual; :mod:`satcompress.compress.quantize.export` folds them into the per-channel
 weight scales, which leaves the integer weights exact. With ``output_quant`` (default) each
 convolution's output is also quantized after its batch norm, which is what ONNX Runtime needs
