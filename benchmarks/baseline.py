@@ -23,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 import satcompress as sc
 from satcompress.artifact.format import load_artifact
+from satcompress.config import parse_value
 from satcompress.evaluate import RecordList
 from satcompress.evaluate.profile import (
     LatencyConfig,
@@ -67,20 +67,11 @@ def with_overrides(config: sc.TrainConfig, items: list[str]) -> sc.TrainConfig:
         *parents, leaf = key.split(".")
         target = values
         for part in parents:
-            target = target[part]
-        if leaf not in target:
+            target = target.get(part) if isinstance(target, dict) else None
+        if not isinstance(target, dict) or leaf not in target:
             raise SystemExit(f"--recipe: {key!r} is not a training setting")
-        target[leaf] = _value(text)
+        target[leaf] = parse_value(text)
     return sc.TrainConfig.from_dict(values)
-
-
-def _value(text: str):
-    for number in (int, float):
-        try:
-            return number(text)
-        except ValueError:
-            pass
-    return yaml.safe_load(text)  # true, null, strings, lists
 
 
 def run_key(config: sc.TrainConfig) -> str:

@@ -153,3 +153,13 @@ def test_input_spec_resolution(dataset, tmp_path):
     assert resolve_input_spec(custom, dataset).std == (0.3, 0.2, 0.1)
     vit = _config(tmp_path, model="test_vit", normalize="imagenet")
     assert resolve_input_spec(vit, dataset).size is not None
+
+
+def test_command_line_key_values_parse_numbers_yaml_leaves_strings():
+    from satcompress.cli import build_parser, train_config_from_args
+
+    argv = ["train", "--model", "mobilenet_v2", "--model-kwargs", "width_mult=5e-1",
+            "--augment", "shift=4", "hflip=false", "--run-dir", "x"]  # fmt: skip
+    config = train_config_from_args(build_parser().parse_args(argv))
+    assert config.model_kwargs == {"width_mult": 0.5}  # YAML 1.1 alone gives "5e-1"
+    assert (config.augment.shift, config.augment.hflip) == (4, False)

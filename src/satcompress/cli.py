@@ -21,7 +21,7 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from satcompress.config import ConfigError, load_yaml
+from satcompress.config import ConfigError, load_yaml, parse_value
 from satcompress.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -173,9 +173,7 @@ def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    import yaml
-
-    return key.replace("-", "_"), yaml.safe_load(value)
+    return key.replace("-", "_"), parse_value(value)
 
 
 def _field_help(config_cls: type, name: str) -> str:

@@ -58,6 +58,20 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+def parse_value(text: str) -> Any:
+    """A command-line value parsed as an int, a float, or else as YAML.
+
+    Numbers come first because YAML 1.1 reads ``1e-4`` as a string; YAML then gives
+    ``true``, ``null``, lists and strings.
+    """
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)
