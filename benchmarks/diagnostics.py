@@ -1,0 +1,149 @@
+"""Diagnostics behind the README's explanations (not targets): each a small measurement.
+
+Writes ``results/diagnostics.json``, a mapping of measurement name to its figures (not the
+model record schema; resumable: finished measurements are kept, the file is rewritten
+atomically after each):
+
+* ``train-speed``: training images/s of ResNet-18, ResNet-9 and MobileNetV2 at 64x64,
+  fp32 against bf16 autocast, interleaved in one process (same batches and threads);
+* ``train-accuracy``: accuracy on the training images (eval mode, no augmentation) of the
+  shared ResNet-18 and of the runs named by ``--runs`` (is a recipe under- or overfitting?);
+* ``qat-start``: test accuracy of MobileNetV2 calibrated for 8-bit QAT before any training;
+* ``ort-agreement``: for the QAT runs named by ``--qat-runs``, predictions of the QDQ graph
+  in ONNX Runtime with all graph optimisations and with none, against PyTorch fake-quant.
+
+    python benchmarks/diagnostics.py --runs ~/.cache/satcompress/benchmarks/resnet18-6e06a5661b
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+import satcompress as sc
+from baseline import benchmark_parser, load_eurosat
+from satcompress.compress.quantize import QATConfig, calibrate, prepare_qat, pytorch_accuracy
+from satcompress.compress.quantize.qat import _calibration_batches, load_qat_model
+from satcompress.evaluate.profile import cpu_description
+from satcompress.preprocess import Preprocess
+from satcompress.utils.io import atomic_write_json, read_json
+
+SHARED = Path("../shared/models/resnet18_eurosat64.safetensors")
+
+
+def train_speed(threads: int, batches: int = 4, rounds: int = 2) -> dict:
+    """Training images/s per model and precision, best of ``rounds`` interleaved rounds."""
+    torch.set_num_threads(threads)
+    x = torch.randn(64, 3, 64, 64).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (64,))
+    out: dict[str, dict[str, float]] = {}
+    for name in ("resnet18", "resnet9", "mobilenet_v2"):
+        model = sc.create_model(name, num_classes=10).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        best = {"fp32": 0.0, "bf16": 0.0}
+        for _ in range(rounds):
+            for mode in best:
+                start = time.perf_counter()
+                for _ in range(batches):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+                        loss = torch.nn.functional.cross_entropy(model(x), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                rate = batches * len(x) / (time.perf_counter() - start)
+                best[mode] = max(best[mode], round(rate, 1))
+        out[name] = best
+    return {"img_per_s": out, "threads": threads, "batch": 64}
+
+
+def split_accuracy(model: torch.nn.Module, spec, dataset, split: str) -> float:
+    return pytorch_accuracy(model.eval(), spec, dataset, split)
+
+
+def train_accuracy(runs: list[Path], dataset) -> dict:
+    out = {}
+    for run in [SHARED, *runs]:
+        loaded = sc.load_trained(run)
+        out[str(run)] = {
+            split: split_accuracy(loaded.model, loaded.input_spec, dataset, split)
+            for split in ("train", "val", "test")
+        }
+    return {"accuracy": out}
+
+
+def qat_start(run: Path, dataset) -> dict:
+    """MobileNetV2 after ``prepare_qat`` + calibration at 8 bits, before any training."""
+    torch.manual_seed(0)
+    loaded = sc.load_trained(run)
+    model, _ = prepare_qat(loaded.model, QATConfig(bits=8), torch.zeros(2, 3, 64, 64))
+    calibrate(model, _calibration_batches(dataset, loaded.input_spec, 256))
+    fp32 = split_accuracy(loaded.model, loaded.input_spec, dataset, "test")
+    start = split_accuracy(model, loaded.input_spec, dataset, "test")
+    return {"run": str(run), "fp32_test": fp32, "calibrated_test": start}
+
+
+def ort_agreement(runs: list[Path], dataset) -> dict:
+    test = dataset.splits["test"]
+    labels = test.labels.numpy()
+    out = {}
+    for run in runs:
+        model, spec, _ = load_qat_model(run)
+        pre = Preprocess(spec)
+        with torch.no_grad():
+            batches = [test.images[i : i + 256] for i in range(0, len(test), 256)]
+            ref = torch.cat([model(pre(batch)) for batch in batches])
+        ref_pred = ref.argmax(1).numpy()
+        row = {"pytorch_accuracy": float((ref_pred == labels).mean())}
+        levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                  "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}  # fmt: skip
+        for name, level in levels.items():
+            options = ort.SessionOptions()
+            options.graph_optimization_level = level
+            session = ort.InferenceSession(str(run / "model_qdq.onnx"), options)
+            feed = session.get_inputs()[0].name
+            logits = np.concatenate(
+                [
+                    session.run(None, {feed: test.images[i : i + 256].numpy()})[0]
+                    for i in range(0, len(test), 256)
+                ]  # fmt: skip
+            )
+            pred = logits.argmax(1)
+            row[name] = {
+                "accuracy": float((pred == labels).mean()),
+                "predictions_differing": int((pred != ref_pred).sum()),
+            }
+        out[str(run)] = row
+    return {"runs": out, "images": len(test)}
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__, "results/diagnostics.json")
+    parser.add_argument("--runs", nargs="*", type=Path, default=[], help="trained runs")
+    parser.add_argument("--qat-runs", nargs="*", type=Path, default=[], help="QAT runs")
+    parser.add_argument("--mobilenet", type=Path, help="MobileNetV2 run for qat-start")
+    args = parser.parse_args()
+    done = read_json(args.out) if args.out.is_file() else {}
+    dataset = load_eurosat(args.data_dir)
+    jobs = {
+        "train-speed": lambda: train_speed(args.threads or 1),
+        "train-accuracy": lambda: train_accuracy(args.runs, dataset),
+    }
+    if args.mobilenet:
+        jobs["qat-start"] = lambda: qat_start(args.mobilenet, dataset)
+    if args.qat_runs:
+        jobs["ort-agreement"] = lambda: ort_agreement(args.qat_runs, dataset)
+    for name, job in jobs.items():
+        if name not in done:
+            done[name] = {**job(), "cpu": cpu_description()}
+            atomic_write_json(args.out, done)
+        print(name, done[name])
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
