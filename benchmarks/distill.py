@@ -8,7 +8,7 @@ alpha=0.7), plus ``epochs``, ``wall_s``, ``teacher_s`` and ``teacher_share`` (th
 part of the training time). The small students also get an int8 PTQ row
 (``<student>-kd-int8``): their deployable size.
 
-Students (issue 3): MobileNetV2 (15 epochs), ResNet-9 (10), MobileNetV2 at width 0.5 (10).
+Students (issue 3): MobileNetV2 (15 epochs), ResNet-9 (8, bf16), MobileNetV2 at width 0.5 (10).
 The teacher is the shared ResNet-18 (``--teacher``, default ``../shared/models``).
 
 Resumable: finished rows are kept; trained runs are cached in ``--runs-dir`` keyed by
@@ -19,6 +19,8 @@ checkpoint.
 from scratch, then MobileNetV2 with and without KD, at 128 px (``--ucm-size``), 30 epochs.
 
     python benchmarks/distill.py --data-dir ../shared/data
+    python benchmarks/distill.py --students resnet9 --no-kd &  # two processes, one row each
+    python benchmarks/distill.py --students resnet9 --no-baselines
     python benchmarks/distill.py --dataset ucmerced --precision bf16-mixed
     python benchmarks/distill.py --table
 """
@@ -46,16 +48,19 @@ from satcompress.utils.io import file_digest
 
 TEACHER = Path("../shared/models/resnet18_eurosat64.safetensors")
 UCM_EPOCHS = 30
-#: student id -> (registry name, builder arguments, epochs, also quantize to int8)
+#: student id -> (registry name, builder arguments, epochs, precision, also quantize to int8).
+#: Precision is each model's faster one on an AVX512-BF16 CPU (``train-speed`` in
+#: ``results/diagnostics.json``): bf16 trains ResNet-9 2.0x faster, MobileNetV2 2x slower.
+#: ResNet-9 costs 10x ResNet-18's MACs at 64 px, so it gets 8 epochs, not 10.
 STUDENTS = {
-    "mobilenet_v2": ("mobilenet_v2", {}, 15, False),
-    "resnet9": ("resnet9", {}, 10, False),
-    "mobilenet_v2_w0.5": ("mobilenet_v2", {"width_mult": 0.5}, 10, True),
+    "mobilenet_v2": ("mobilenet_v2", {}, 15, "32-true", False),
+    "resnet9": ("resnet9", {}, 8, "bf16-mixed", False),
+    "mobilenet_v2_w0.5": ("mobilenet_v2", {"width_mult": 0.5}, 10, "32-true", True),
 }
 
 
 def student_config(student: str, args) -> sc.TrainConfig:
-    name, kwargs, epochs, _ = STUDENTS[student]
+    name, kwargs, epochs, precision, _ = STUDENTS[student]
     return sc.TrainConfig(
         model=name,
         model_kwargs=kwargs,
@@ -64,7 +69,7 @@ def student_config(student: str, args) -> sc.TrainConfig:
         epochs=args.epochs or epochs,
         threads=args.threads,
         limit_batches=args.limit_batches,
-        precision=args.precision,
+        precision=args.precision or precision,
     )
 
 
@@ -134,7 +139,7 @@ def ucmerced_rows(args, records: RecordList) -> None:
             lr=0.05,
             threads=args.threads,
             limit_batches=args.limit_batches,
-            precision=args.precision,
+            precision=args.precision or "32-true",
         )
 
     teacher_config = config("resnet18")
@@ -204,9 +209,12 @@ def main() -> None:
     parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
     parser.add_argument("--no-baselines", dest="baselines", action="store_false",
                         help="skip the students trained without KD")  # fmt: skip
+    parser.add_argument("--no-kd", dest="kd", action="store_false",
+                        help="only the students without KD (run both in parallel)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None, help="override every row's epochs")
     parser.add_argument("--limit-batches", type=int, default=None, help="smoke test")
-    parser.add_argument("--precision", default="32-true", help="e.g. bf16-mixed (AVX512-BF16)")
+    parser.add_argument("--precision", default=None,
+                        help="e.g. bf16-mixed; default: each student's (STUDENTS)")  # fmt: skip
     parser.add_argument(
         "--dataset", default="eurosat", choices=("eurosat", "ucmerced"),
         help="ucmerced: train a ResNet-18 teacher here, then MobileNetV2 with and without KD",
@@ -231,7 +239,8 @@ def main() -> None:
     )
     for student in args.students:
         config = student_config(student, args)
-        for kd in ([None] if args.baselines else []) + [DistillConfig()]:
+        modes = ([None] if args.baselines else []) + ([DistillConfig()] if args.kd else [])
+        for kd in modes:
             row = f"{student}-{'kd' if kd else 'ce'}"
             record = records.get_or_run(
                 row,
@@ -240,7 +249,7 @@ def main() -> None:
                 ),
             )
             print(f"{row}: {record['accuracy'] * 100:.2f}% after {record['epochs']} epochs")
-        if STUDENTS[student][3]:
+        if STUDENTS[student][4] and args.kd:
             kd_run = Path(records.get(f"{student}-kd")["run_dir"])
             records.get_or_run(f"{student}-kd-int8", lambda r=kd_run: int8_record(r, dataset))
     print(markdown_table(records.records))

@@ -128,6 +128,7 @@ def qat_config(model: str, bits: int, args: argparse.Namespace) -> QATConfig:
         epochs=_per_bits(args.qat_epochs_map, int).get(bits, args.qat_epochs),
         lr=_per_bits(args.qat_lr_map, float).get(bits),
         depthwise_bits=depthwise if depthwise and bits < depthwise else None,
+        quant_after_activation=args.quant_after_activation,
         teacher="self" if args.kd else None,
     )
 
@@ -137,6 +138,7 @@ def qat_run_name(config: QATConfig, args: argparse.Namespace) -> str:
     name = f"-qat-w{config.bits}-e{config.epochs}{'-kd' if config.teacher else ''}"
     name += f"-lr{config.lr:g}" if config.lr else ""
     name += f"-dw{config.depthwise_bits}" if config.depthwise_bits else ""
+    name += "-aa" if config.quant_after_activation else ""
     return name + (f"-limit{args.limit_batches}" if args.limit_batches else "")
 
 
@@ -281,6 +283,11 @@ def main() -> None:
         type=int,
         default=None,
         help="MobileNetV2: depthwise convolutions at these bits in rows below them",
+    )
+    parser.add_argument(
+        "--quant-after-activation",
+        action="store_true",
+        help="QAT output quantizers after each conv's ReLU/ReLU6 (QATConfig)",
     )
     parser.add_argument(
         "--limit-batches", type=int, default=None, help="smoke test: QAT batches per epoch"

@@ -21,7 +21,7 @@ from satcompress.compress.quantize import (
     quantize_onnx,
     resolve_layer_bits,
 )
-from satcompress.compress.quantize.qat import quant_layers
+from satcompress.compress.quantize.qat import output_quantizers, quant_layers
 from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.models import create_model
@@ -292,6 +292,35 @@ def test_a_linear_bottleneck_is_quantized_once_so_onnx_runtime_runs_the_trained_
     _assert_matches(run_session(make_session(path, 1), images), reference, exact=False)
 
 
+def test_output_quantizers_after_activations_skip_reused_relus():
+    images = _images(8)
+    model, _, _ = _qat_model("test_resnet", 8, images, quant_after_activation=True)
+    quantizers = set(output_quantizers(model))
+    # The stem's ReLU runs once, right after its norm: the quantizer moves behind it.
+    assert "stem.2.1" in quantizers and "stem.1.1" not in quantizers
+    # A BasicBlock's ReLU also runs after the residual sum: its quantizer stays on the norm.
+    assert {"layer1.bn1.1", "layer1.bn2.1"} <= quantizers
+    assert isinstance(model.get_submodule("layer1.relu"), torch.nn.ReLU)
+
+
+def test_quantizing_after_relu6_fuses_the_clamp_and_matches_the_fake_quant_model(tmp_path):
+    images = _images(32)
+    model, layer_bits, x = _qat_model("test_mobilenet", 4, images, quant_after_activation=True)
+    layers = quant_layers(model)
+    after_relu6 = "features.1.conv.1"  # the 1x1 projection after a depthwise conv + ReLU6
+    assert not layers[after_relu6].input_quant.is_quant_enabled  # reuses the ReLU6 grid
+    path, _, _ = export_qat_onnx(model, SPEC, (32, 32), tmp_path / "mnv2.onnx", layer_bits)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "Clip" not in ops and "Conv" not in ops  # every clamp went into a QLinearConv
+    assert ops.count("QLinearConv") == len([n for n in layers if n.startswith("features")])
+    with torch.no_grad():
+        reference = model(x).numpy()
+    _assert_matches(run_session(make_session(path, 1), images), reference, exact=False)
+
+
 def _assert_matches(exported, reference, exact=True):
     """Equal up to rare one-step rounding flips of a quantized activation.
 
@@ -460,3 +489,6 @@ def test_cli_qat_flags_reach_the_config():
             "--first-last", "same", "--checkpoint", "x", "--run-dir", "y"]  # fmt: skip
     config = config_from_args(build_parser().parse_args(argv))
     assert (config.bits, config.depthwise_bits, config.first_last) == (2, 8, "same")
+    assert not config.quant_after_activation
+    argv.append("--quant-after-activation")
+    assert config_from_args(build_parser().parse_args(argv)).quant_after_activation

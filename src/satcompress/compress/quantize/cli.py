@@ -80,6 +80,7 @@ def _add_qat_flags(parser: argparse.ArgumentParser) -> None:
     flag("activation_bits", type=_optional_int, metavar="BITS|none")
     flag("first_last", choices=FIRST_LAST_POLICIES)
     flag("depthwise_bits", type=int, metavar="BITS")
+    flag("quant_after_activation", action=argparse.BooleanOptionalAction)
     flag("lr", type=float)
     flag("weight_scale", choices=WEIGHT_SCALES)
     group.add_argument("--temperature", type=float, default=argparse.SUPPRESS, help="KD T")

@@ -92,6 +92,11 @@ class QATConfig(Config):
             batch norm, so ONNX Runtime runs it with int8 kernels (``QLinearConv``); off, only
             layer inputs are quantized and the runtime convolves dequantized weights in float.
             No effect with float activations (``activation_bits=None``).
+        quant_after_activation: Put a convolution's output quantizer after the ReLU/ReLU6
+            that directly follows its batch norm (torchvision's ``Conv2dNormActivation``)
+            instead of before it: the 256 levels then cover only the values the next layer
+            sees (after the batch norm, about half of them are negative and zeroed), and
+            ONNX Runtime can drop the clamp into the int8 convolution.
         epochs: QAT epochs.
         lr: Peak learning rate; None = a tenth of the training recipe's.
         weight_scale: Weight scale initialisation below 8 bits: ``mse`` (learned, initialised by
@@ -108,6 +113,7 @@ class QATConfig(Config):
     first_last: str = "8bit"
     depthwise_bits: int | None = None
     output_quant: bool = True
+    quant_after_activation: bool = False
     epochs: int = 3
     lr: float | None = None
     weight_scale: str = "mse"

@@ -199,7 +199,7 @@ def export_qat_onnx(
     layers = editor.quantize_constant_weights()
     editor.fold_transposes()
     editor.fold_batch_norms()
-    editor.split_conv_biases()
+    editor.split_conv_biases(through_activations=_quantizes_after_activations(model))
     editor.finish()
     wanted = {n for n, b in layer_bits.items() if b is not None and n in quant_layers(model)}
     missing = wanted - set(layers.values())
@@ -208,6 +208,15 @@ def export_qat_onnx(
     bits = {init: int(layer_bits[layer]) for init, layer in layers.items() if layer in wanted}
     onnx.checker.check_model(proto)
     return atomic_write_bytes(path, proto.SerializeToString()), bits, layers
+
+
+def _quantizes_after_activations(model: nn.Module) -> bool:
+    """Whether some output quantizer follows an activation (``quant_after_activation``)."""
+    for name in output_quantizers(model):
+        parent = model.get_submodule(name.rpartition(".")[0])
+        if isinstance(parent, nn.Sequential) and isinstance(parent[0], (nn.ReLU, nn.ReLU6)):
+            return True
+    return False
 
 
 class _QDQEditor:
@@ -349,8 +358,11 @@ class _QDQEditor:
         self.set_init(name, folded.astype(np.float32))
         self._bypass(bn, conv.output[0])
 
-    def split_conv_biases(self) -> None:
+    def split_conv_biases(self, through_activations: bool = False) -> None:
         """Conv(x, DQ(w), b) becomes Add(Conv(x, DQ(w)), b) unless a QuantizeLinear follows.
+
+        With ``through_activations`` (``quant_after_activation``), also a QuantizeLinear after
+        one Relu/Clip: ONNX Runtime drops that clamp into the QLinearConv.
 
         ONNX Runtime rounds the float bias of a Conv with dequantized inputs to int32 steps of
         ``input_scale * weight_scale`` (its bias-quantization pass); a separate Add keeps the
@@ -363,8 +375,7 @@ class _QDQEditor:
             dq = self.producer(conv.input[1])
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
-            users = self.consumers(conv.output[0])
-            if len(users) == 1 and users[0].op_type == "QuantizeLinear":
+            if self._quantized_after(conv, through_activations):
                 continue  # an output quantizer follows: ORT fuses Conv + Q into QLinearConv
             bias = self.array(conv.input[2]).astype(np.float32)
             name = self.unique(f"{conv.input[2]}_channels")
@@ -377,6 +388,13 @@ class _QDQEditor:
             )
             index = list(self.graph.node).index(conv)
             self.graph.node.insert(index + 1, add)
+
+    def _quantized_after(self, conv: onnx.NodeProto, through_activations: bool) -> bool:
+        """Whether ``conv`` feeds only a QuantizeLinear (directly, or through a Relu/Clip)."""
+        users = self.consumers(conv.output[0])
+        if through_activations and len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
+            users = self.consumers(users[0].output[0])
+        return len(users) == 1 and users[0].op_type == "QuantizeLinear"
 
     def _bypass(self, node: onnx.NodeProto, replacement: str) -> None:
         for user in self.consumers(node.output[0]):

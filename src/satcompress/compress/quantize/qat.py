@@ -213,15 +213,18 @@ def prepare_qat(
     quantize_outputs = config.output_quant and config.activation_bits is not None
     norms = conv_batch_norms(model) if quantize_outputs else {}
     quantized_norms = {norms[name] for name, bits in layer_bits.items() if name in norms and bits}
-    requantized = layers_fed_by(model, quantized_norms, probe)
+    after = norm_activations(model, quantized_norms, probe) if config.quant_after_activation else {}
+    # The module whose output each output quantizer follows: the norm, or its activation.
+    outputs = {name: after.get(norm, norm) for name, norm in norms.items()}
+    requantized = layers_fed_by(model, {outputs[n] for n in outputs if layer_bits.get(n)}, probe)
     for name, bits in layer_bits.items():
         if bits is not None:
             layer = model.get_submodule(name)
             quant = _quant_layer(layer, bits, config, quantize_input=name not in requantized)
             _set_module(model, name, quant)
-            if name in norms:
-                norm = model.get_submodule(norms[name])
-                _set_module(model, norms[name], nn.Sequential(norm, _output_quant()))
+            if name in outputs:
+                source = model.get_submodule(outputs[name])
+                _set_module(model, outputs[name], nn.Sequential(source, _output_quant()))
     return model, layer_bits
 
 
@@ -243,6 +246,48 @@ def conv_batch_norms(model: nn.Module) -> dict[str, str]:
                 prefix = f"{parent_name}." if parent_name else ""
                 pairs[prefix + name] = prefix + next_name
     return pairs
+
+
+#: Activations an output quantizer may follow: they map a batch norm's output to a range
+#: that starts at 0, so an unsigned 8-bit grid spends no levels on values they zero.
+_CLAMPING_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+
+
+def norm_activations(model: nn.Module, norms: set[str], probe: torch.Tensor) -> dict[str, str]:
+    """``{norm: activation}`` for each norm whose output goes straight into a ReLU/ReLU6.
+
+    Only an activation module registered right after the norm, called once per forward pass
+    and on exactly that norm's output (torchvision's ``Conv2dNormActivation``). A module
+    reused elsewhere (ResNet's ``relu`` also runs after the residual sum) would share one
+    quantizer between two tensors, so it is left out.
+    """
+    candidates = {}
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        prefix = f"{parent_name}." if parent_name else ""
+        for (name, _), (next_name, act) in zip(children, children[1:], strict=False):
+            if prefix + name in norms and isinstance(act, _CLAMPING_ACTIVATIONS):
+                candidates[prefix + next_name] = prefix + name
+    produced: dict[str, tuple[torch.Tensor, int]] = {}
+    calls: dict[str, list[bool]] = {act: [] for act in candidates}
+
+    def remember(name: str):
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            produced[name] = (out, out._version)
+
+        return hook
+
+    def check(act: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            out, version = produced.get(candidates[act], (None, -1))
+            calls[act].append(args[0] is out and out._version == version)
+
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(remember(n)) for n in norms]
+    hooks += [model.get_submodule(a).register_forward_pre_hook(check(a)) for a in candidates]
+    run_with_hooks(model, probe, hooks)
+    return {norm: act for act, norm in candidates.items() if calls[act] == [True]}
 
 
 def layers_fed_by(model: nn.Module, sources: set[str], probe: torch.Tensor) -> set[str]:
