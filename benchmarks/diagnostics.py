@@ -8,11 +8,14 @@ atomically after each):
   fp32 against bf16 autocast, interleaved in one process (same batches and threads);
 * ``train-accuracy``: accuracy on the training images (eval mode, no augmentation) of the
   shared ResNet-18 and of the runs named by ``--runs`` (is a recipe under- or overfitting?);
-* ``qat-start``: test accuracy of MobileNetV2 calibrated for 8-bit QAT before any training;
+* ``qat-start``: test accuracy of MobileNetV2 calibrated for 8-bit QAT before any training,
+  with the output quantizers before and after the ReLU6 (``quant_after_activation``);
 * ``ort-agreement``: for the QAT runs named by ``--qat-runs``, predictions of the QDQ graph
   in ONNX Runtime with all graph optimisations and with none, against PyTorch fake-quant.
 
-    python benchmarks/diagnostics.py --runs ~/.cache/satcompress/benchmarks/resnet18-6e06a5661b
+    RUNS=~/.cache/satcompress/benchmarks
+    python benchmarks/diagnostics.py --runs $RUNS/resnet18-6e06a5661b
+    python benchmarks/diagnostics.py --mobilenet $RUNS/mobilenet_v2-6290bef81a
 """
 
 from __future__ import annotations
@@ -77,14 +80,21 @@ def train_accuracy(runs: list[Path], dataset) -> dict:
 
 
 def qat_start(run: Path, dataset) -> dict:
-    """MobileNetV2 after ``prepare_qat`` + calibration at 8 bits, before any training."""
-    torch.manual_seed(0)
+    """MobileNetV2 after ``prepare_qat`` + calibration at 8 bits, before any training.
+
+    Both placements of the convolutions' output quantizers: after the batch norm
+    (``calibrated_test``) and after the ReLU6 (``quant_after_activation``).
+    """
     loaded = sc.load_trained(run)
-    model, _ = prepare_qat(loaded.model, QATConfig(bits=8), torch.zeros(2, 3, 64, 64))
-    calibrate(model, _calibration_batches(dataset, loaded.input_spec, 256))
-    fp32 = split_accuracy(loaded.model, loaded.input_spec, dataset, "test")
-    start = split_accuracy(model, loaded.input_spec, dataset, "test")
-    return {"run": str(run), "fp32_test": fp32, "calibrated_test": start}
+    out = {"run": str(run)}
+    out["fp32_test"] = split_accuracy(loaded.model, loaded.input_spec, dataset, "test")
+    for key, after in (("calibrated_test", False), ("calibrated_test_after_activation", True)):
+        torch.manual_seed(0)
+        config = QATConfig(bits=8, quant_after_activation=after)
+        model, _ = prepare_qat(loaded.model, config, torch.zeros(2, 3, 64, 64))
+        calibrate(model, _calibration_batches(dataset, loaded.input_spec, 256))
+        out[key] = split_accuracy(model, loaded.input_spec, dataset, "test")
+    return out
 
 
 def ort_agreement(runs: list[Path], dataset) -> dict:
