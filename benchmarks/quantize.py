@@ -19,6 +19,12 @@ The fp32 models are the baseline runs (``benchmarks/baseline.py``, same ``--runs
 ``--checkpoint model=PATH``.
 
     python benchmarks/quantize.py --data-dir ../shared/data
+    # the README's rows: the shared ResNet-18, then the baseline MobileNetV2
+    python benchmarks/quantize.py --models resnet18 --kd --qat-epochs 3 \
+        --qat-epochs-map 8=1 4=2 3=2 1=2 \
+        --checkpoint resnet18=../shared/models/resnet18_eurosat64.safetensors
+    python benchmarks/quantize.py --models mobilenet_v2 --kd --qat-epochs 3 \
+        --qat-lr-map 8=0.005 --depthwise-bits 8 --quant-after-activation
 """
 
 from __future__ import annotations

@@ -59,6 +59,17 @@ def test_train_writes_a_complete_run_and_learns(eurosat_root, dataset, tmp_path)
     assert torch.allclose(reloaded.eval()(x), result.model.eval()(x), atol=1e-6)
 
 
+def test_a_run_logged_to_a_file_reports_each_epoch_in_one_line(
+    eurosat_root, dataset, tmp_path, capsys
+):
+    # capsys's stderr is no terminal, like a nohup log: one plain line per epoch
+    train(_config(eurosat_root, epochs=2, limit_batches=2), tmp_path / "run", dataset=dataset)
+    out = capsys.readouterr()
+    lines = [line for line in (out.out + out.err).splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("val/acc 0." in line or "val/acc 1." in line for line in lines)
+
+
 def _fresh_cnn(num_classes):
     from satcompress.models import create_model
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,31 @@ class TrainResult:
     summary: dict[str, Any]
     dataset: SceneDataset
     is_global_zero: bool = True
+
+
+class EpochReport(Callback):
+    """One line per epoch (epoch, metrics, seconds) for logs without a terminal.
+
+    Progress bars only redraw a terminal line; in a ``nohup ... > log`` file nothing shows
+    how far a long run has got, so this writes one plain line at the end of each epoch.
+    """
+
+    def __init__(self, throughput: ThroughputMonitor) -> None:
+        self.throughput = throughput
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write ``epoch E/N: name value, ... (S s)``."""
+        if trainer.global_rank != 0:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        seconds = self.throughput.epoch_seconds[-1] if self.throughput.epoch_seconds else 0.0
+        line = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {shown} ({seconds:.0f} s)"
+        bar = trainer.progress_bar_callback
+        if bar is not None:
+            bar.print(line)  # on a line of its own, not appended to the bar's
+        else:
+            print(line, file=sys.stderr, flush=True)
 
 
 class ThroughputMonitor(Callback):
@@ -218,6 +244,8 @@ def train(
     )
     throughput = ThroughputMonitor()
     all_callbacks: list[Callback] = [checkpoint, throughput, *(callbacks or [])]
+    if progress and not sys.stderr.isatty():
+        all_callbacks.append(EpochReport(throughput))
     if config.ema_decay is not None:
         all_callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
     trainer = L.Trainer(
