@@ -32,6 +32,7 @@ from torch import nn
 
 from satcompress.artifact.onnx import export_onnx
 from satcompress.compress.quantize.qat import (
+    _CLAMPING_ACTIVATIONS,
     _set_module,
     output_quantizers,
     quant_layers,
@@ -214,7 +215,7 @@ def _quantizes_after_activations(model: nn.Module) -> bool:
     """Whether some output quantizer follows an activation (``quant_after_activation``)."""
     for name in output_quantizers(model):
         parent = model.get_submodule(name.rpartition(".")[0])
-        if isinstance(parent, nn.Sequential) and isinstance(parent[0], (nn.ReLU, nn.ReLU6)):
+        if isinstance(parent, nn.Sequential) and isinstance(parent[0], _CLAMPING_ACTIVATIONS):
             return True
     return False
 
