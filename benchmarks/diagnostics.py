@@ -11,20 +11,28 @@ atomically after each):
 * ``qat-start``: test accuracy of MobileNetV2 calibrated for 8-bit QAT before any training,
   with the output quantizers before and after the ReLU6 (``quant_after_activation``);
 * ``ort-agreement``: for the QAT runs named by ``--qat-runs``, predictions of the QDQ graph
-  in ONNX Runtime with all graph optimisations and with none, against PyTorch fake-quant.
+  in ONNX Runtime with all graph optimisations and with none, against PyTorch fake-quant;
+* ``ort-ops``: operator counts of the ONNX files named by ``--graphs`` after ONNX Runtime's
+  graph optimisations (which convolutions run as int8 ``QLinearConv``, what stays in float).
 
     RUNS=~/.cache/satcompress/benchmarks
     python benchmarks/diagnostics.py --runs $RUNS/resnet18-6e06a5661b
     python benchmarks/diagnostics.py --mobilenet $RUNS/mobilenet_v2-6290bef81a
+    Q=$RUNS/quantize/mobilenet_v2-mobilenet_v2-6290bef81a-qat-w8-e3-kd-lr0.005
+    python benchmarks/diagnostics.py --graphs $Q/model_qdq.onnx $Q-aa/model_qdq.onnx \
+        $RUNS/quantize/resnet18-resnet18_eurosat64.safetensors-ptq/model_int8.onnx
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -131,11 +139,24 @@ def ort_agreement(runs: list[Path], dataset) -> dict:
     return {"runs": out, "images": len(test)}
 
 
+def ort_ops(graphs: list[Path]) -> dict:
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for graph in graphs:
+            options = ort.SessionOptions()
+            options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            nodes = onnx.load(options.optimized_model_filepath).graph.node
+            out[str(graph)] = dict(sorted(Counter(n.op_type for n in nodes).items()))
+    return {"graphs": out}
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__, "results/diagnostics.json")
     parser.add_argument("--runs", nargs="*", type=Path, default=[], help="trained runs")
     parser.add_argument("--qat-runs", nargs="*", type=Path, default=[], help="QAT runs")
     parser.add_argument("--mobilenet", type=Path, help="MobileNetV2 run for qat-start")
+    parser.add_argument("--graphs", nargs="*", type=Path, default=[], help="ONNX files")
     args = parser.parse_args()
     done = read_json(args.out) if args.out.is_file() else {}
     dataset = load_eurosat(args.data_dir)
@@ -147,6 +168,8 @@ def main() -> None:
         jobs["qat-start"] = lambda: qat_start(args.mobilenet, dataset)
     if args.qat_runs:
         jobs["ort-agreement"] = lambda: ort_agreement(args.qat_runs, dataset)
+    if args.graphs:
+        jobs["ort-ops"] = lambda: ort_ops(args.graphs)
     for name, job in jobs.items():
         if name not in done:
             done[name] = {**job(), "cpu": cpu_description()}
