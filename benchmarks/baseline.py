@@ -254,11 +254,25 @@ def onnx_file(record: dict, tmp: Path) -> Path | None:
     return None
 
 
-def retime(records: RecordList, threads: int | None, rounds: int = 3) -> None:
+def retime(
+    records: RecordList,
+    threads: int | None,
+    rounds: int = 3,
+    extra_threads: tuple[int, ...] = (),
+) -> None:
     """Time every record's ONNX model again, each model's variants interleaved in one pass.
 
     Rows are timed right after they are made, minutes or hours apart on a shared machine;
     this pass gives latencies (and speed-ups) that share one machine state.
+
+    Args:
+        records: The results file; every row whose ONNX file still exists is re-timed.
+        threads: ORT intra-op threads of the record's ``latency_ms`` (``None``: all cores).
+        rounds: Interleaved rounds per thread count.
+        extra_threads: Further thread counts, timed after ``threads``. Every count lands in
+            ``latency_by_threads`` (``{"<n>": {"bs1": ms, "bs64": ms}}``). On a 2-vCPU VM a
+            run at all cores stalls whenever another process takes a core, so 1 thread gives
+            the steadier ratios there.
     """
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
@@ -271,17 +285,32 @@ def retime(records: RecordList, threads: int | None, rounds: int = 3) -> None:
         for model in sorted({records.get(i)["model"] for i in paths}):
             group = {i: p for i, p in paths.items() if records.get(i)["model"] == model}
             size = tuple(records.get(next(iter(group)))["input"]["size"] or (64, 64))
-            config = LatencyConfig(threads=threads)
-            timings = measure_latency_side_by_side(group, size, config, rounds)
-            for record_id, timing in timings.items():
-                record = records.get(record_id)
-                record.update(
-                    latency=timing,
-                    latency_ms={k: v["median_ms"] for k, v in timing.items() if k[:2] == "bs"},
-                    latency_note=f"re-timed side by side, {rounds} interleaved rounds",
+            for count in (threads, *(t for t in extra_threads if t != threads)):
+                timings = measure_latency_side_by_side(
+                    group, size, LatencyConfig(threads=count), rounds
                 )
-                records.put(record)
-                print(record_id, record["latency_ms"])
+                for record_id, timing in timings.items():
+                    _store_timing(records, record_id, timing, rounds, primary=count == threads)
+
+
+def _store_timing(
+    records: RecordList, record_id: str, timing: dict, rounds: int, primary: bool
+) -> None:
+    """Put one re-timing into its record: always ``latency_by_threads``, and the record's
+    ``latency`` / ``latency_ms`` for the primary thread count."""
+    record = records.get(record_id)
+    medians = {k: v["median_ms"] for k, v in timing.items() if k[:2] == "bs"}
+    by_threads = {} if primary else dict(record.get("latency_by_threads") or {})
+    by_threads[str(timing["threads"])] = medians
+    record["latency_by_threads"] = by_threads
+    if primary:
+        record.update(
+            latency=timing,
+            latency_ms=medians,
+            latency_note=f"re-timed side by side, {rounds} interleaved rounds",
+        )
+    records.put(record)
+    print(record_id, f"{timing['threads']} threads", medians)
 
 
 def benchmark_parser(doc: str, out: str) -> argparse.ArgumentParser:
@@ -298,6 +327,13 @@ def benchmark_parser(doc: str, out: str) -> argparse.ArgumentParser:
         "--retime", action="store_true", help="only re-time every row side by side, then exit"
     )
     parser.add_argument("--retime-rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument(
+        "--retime-threads",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="thread counts also timed by the re-timing pass (after --threads)",
+    )
     return parser
 
 
@@ -314,7 +350,7 @@ def report_only(args: argparse.Namespace, table: Callable[[list[dict]], str]) ->
         return False
     records = RecordList(args.out)
     if args.retime:
-        retime(records, args.threads, max(1, args.retime_rounds))
+        retime(records, args.threads, max(1, args.retime_rounds), tuple(args.retime_threads))
     print(table(records.records))
     return True
 

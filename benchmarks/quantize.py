@@ -199,28 +199,36 @@ def _table_order(record: dict) -> tuple:
     return record["model"], 10 + 2 * (8 - bits) + stage.endswith("sparse50")
 
 
+def _speed_up(base: dict | None, latency: dict | None) -> str:
+    """``"3.10x / 2.95x"``: how many times faster than ``base`` at batch 1 and 64."""
+    if not base or not latency:
+        return "-"
+    return " / ".join(
+        f"{base[k] / latency[k]:.2f}x" for k in ("bs1", "bs64") if k in latency and k in base
+    )
+
+
 def markdown_table(records: list[dict]) -> str:
     rows = [
         "| variant | test acc. (ORT) | vs fp32 | PyTorch fake-quant acc. | bytes on disk | bound "
-        "| ratio | ORT bs1 / bs64 (ms) | speed-up bs1 / bs64 | status |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| ratio | ORT bs1 / bs64 (ms) | speed-up bs1 / bs64 | at 1 thread | status |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     fp32 = {r["model"]: r for r in records if r["id"].endswith("-fp32")}
     for r in sorted(records, key=_table_order):
         base = fp32.get(r["model"])
         delta = f"{(r['accuracy'] - base['accuracy']) * 100:+.2f}" if base else "-"
         lat = r["latency_ms"]
-        speed = "-"
-        if base and lat:
-            speed = " / ".join(
-                f"{base['latency_ms'][k] / lat[k]:.2f}x" for k in ("bs1", "bs64") if k in lat
-            )
+        speed = _speed_up(base and base["latency_ms"], lat)
+        one = "1"  # the steadier ratio on a 2-vCPU machine (baseline.retime)
+        single = _speed_up(base and base.get("latency_by_threads", {}).get(one),
+                           r.get("latency_by_threads", {}).get(one))  # fmt: skip
         bound = r.get("bound_bytes") or 0
         fake = f"{r['pytorch_accuracy'] * 100:.2f}%" if r.get("pytorch_accuracy") else "-"
         rows.append(
             f"| {r['id']} | {r['accuracy'] * 100:.2f}% | {delta} | {fake} | {r['size_bytes']:,} "
             f"| {bound:,.0f} | {r['size_bytes'] / bound if bound else 0:.3f} "
-            f"| {lat.get('bs1', 0):.2f} / {lat.get('bs64', 0):.1f} | {speed} "
+            f"| {lat.get('bs1', 0):.2f} / {lat.get('bs64', 0):.1f} | {speed} | {single} "
             f"| {r.get('status', 'ok')} |"
         )
     rows.append(baseline.cpu_line(records))
@@ -310,7 +318,7 @@ def main() -> None:
     for model in args.models:
         run_model(model, args, records, dataset, images)
     if args.retime_rounds:  # the final timing pass; 0: leave it for later (--retime)
-        baseline.retime(records, args.threads, args.retime_rounds)
+        baseline.retime(records, args.threads, args.retime_rounds, tuple(args.retime_threads))
     print(markdown_table(records.records))
 
 

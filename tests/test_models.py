@@ -102,6 +102,24 @@ def test_resnet9_any_input_size() -> None:
     assert _logits(model, 256, batch=1).shape == (1, 5)
     full = create_model("resnet9", 10)
     assert 6_000_000 < sum(p.numel() for p in full.parameters()) < 7_000_000
+    unpooled = create_model("resnet9", 5, width=4, stem_pool=False)
+    assert _logits(unpooled, 8, batch=1).shape == (1, 5)
+
+
+def test_resnet9_stem_pool_and_logit_scale() -> None:
+    torch.manual_seed(0)
+    scaled = create_model("resnet9", 3, width=4).eval()
+    plain = create_model("resnet9", 3, width=4, logit_scale=1.0).eval()
+    plain.load_state_dict(scaled.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(x), 0.125 * plain(x))
+        features = scaled.prep(x)
+    assert features.shape[-2:] == (16, 16)
+    unpooled = create_model("resnet9", 3, width=4, stem_pool=False)
+    assert unpooled.prep(x).shape[-2:] == (32, 32)
+    with pytest.raises(ValueError, match="logit_scale"):
+        create_model("resnet9", 3, logit_scale=0.0)
 
 
 def test_vit_patch_size_and_img_size_overrides() -> None:
