@@ -13,7 +13,11 @@ atomically after each):
 * ``ort-agreement``: for the QAT runs named by ``--qat-runs``, predictions of the QDQ graph
   in ONNX Runtime with all graph optimisations and with none, against PyTorch fake-quant;
 * ``ort-ops``: operator counts of the ONNX files named by ``--graphs`` after ONNX Runtime's
-  graph optimisations (which convolutions run as int8 ``QLinearConv``, what stays in float).
+  graph optimisations (which convolutions run as int8 ``QLinearConv``, what stays in float);
+* ``latency-threads``: the fp32 / int8 latency ratio of the two files named by
+  ``--latency-pair`` at 2 and 1 threads, timed in interleaved rounds three ways: as the
+  benchmarks do, with a 0.3 s pause before each file's block (one session's spinning worker
+  threads go idle before the next is timed), and with ORT's thread spinning off.
 
     RUNS=~/.cache/satcompress/benchmarks
     python benchmarks/diagnostics.py --runs $RUNS/resnet18-6e06a5661b
@@ -21,6 +25,8 @@ atomically after each):
     Q=$RUNS/quantize/mobilenet_v2-mobilenet_v2-6290bef81a-qat-w8-e3-kd-lr0.005
     python benchmarks/diagnostics.py --graphs $Q/model_qdq.onnx $Q-aa/model_qdq.onnx \
         $RUNS/quantize/resnet18-resnet18_eurosat64.safetensors-ptq/model_int8.onnx
+    R=$RUNS/quantize/resnet18-resnet18_eurosat64.safetensors
+    python benchmarks/diagnostics.py --latency-pair $R-onnx/fp32.onnx $R-ptq/model_int8.onnx
 """
 
 from __future__ import annotations
@@ -151,12 +157,62 @@ def ort_ops(graphs: list[Path]) -> dict:
     return {"graphs": out}
 
 
+def _timed_session(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
+    # Not artifact.make_session: this measurement varies ORT's spinning setting.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _block_ms(session: ort.InferenceSession, images: np.ndarray, runs: int) -> list[float]:
+    feed = {session.get_inputs()[0].name: images}
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _interleaved_medians(sessions: dict, batch: int, runs: int, pause: float, rounds: int):
+    """Each session's block medians (ms), the sessions timed in turn, ``rounds`` times."""
+    images = np.random.default_rng(0).integers(0, 256, (batch, 3, 64, 64), np.uint8)
+    medians: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            time.sleep(pause)
+            _block_ms(session, images, max(2, runs // 10))  # warm-up
+            medians[name].append(float(np.median(_block_ms(session, images, runs))))
+    return medians
+
+
+def latency_threads(fp32: Path, int8: Path, rounds: int = 5) -> dict:
+    rows = []
+    ways = {"as-benchmarked": (True, 0.0), "pause-0.3s": (True, 0.3), "no-spinning": (False, 0.0)}
+    for threads in (2, 1):
+        for way, (spinning, pause) in ways.items():
+            sessions = {"fp32": _timed_session(fp32, threads, spinning),
+                        "int8": _timed_session(int8, threads, spinning)}  # fmt: skip
+            for batch, runs in ((1, 100), (64, 10)):
+                m = _interleaved_medians(sessions, batch, runs, pause, rounds)
+                fp, q = float(np.median(m["fp32"])), float(np.median(m["int8"]))
+                ratios = [round(a / b, 2) for a, b in zip(m["fp32"], m["int8"], strict=True)]
+                rows.append({"threads": threads, "way": way, "batch": batch,
+                             "fp32_ms": round(fp, 4), "int8_ms": round(q, 4),
+                             "ratio": round(fp / q, 2), "round_ratios": ratios})  # fmt: skip
+                print(rows[-1])
+    return {"fp32": str(fp32), "int8": str(int8), "rounds": rounds, "rows": rows}
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__, "results/diagnostics.json")
     parser.add_argument("--runs", nargs="*", type=Path, default=[], help="trained runs")
     parser.add_argument("--qat-runs", nargs="*", type=Path, default=[], help="QAT runs")
     parser.add_argument("--mobilenet", type=Path, help="MobileNetV2 run for qat-start")
     parser.add_argument("--graphs", nargs="*", type=Path, default=[], help="ONNX files")
+    parser.add_argument("--latency-pair", nargs=2, type=Path, help="fp32 and int8 ONNX files")
     args = parser.parse_args()
     done = read_json(args.out) if args.out.is_file() else {}
     dataset = load_eurosat(args.data_dir)
@@ -170,6 +226,8 @@ def main() -> None:
         jobs["ort-agreement"] = lambda: ort_agreement(args.qat_runs, dataset)
     if args.graphs:
         jobs["ort-ops"] = lambda: ort_ops(args.graphs)
+    if args.latency_pair:
+        jobs["latency-threads"] = lambda: latency_threads(*args.latency_pair)
     for name, job in jobs.items():
         if name not in done:
             done[name] = {**job(), "cpu": cpu_description()}
