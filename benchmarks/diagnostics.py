@@ -24,7 +24,8 @@ atomically after each):
     python benchmarks/diagnostics.py --mobilenet $RUNS/mobilenet_v2-6290bef81a
     Q=$RUNS/quantize/mobilenet_v2-mobilenet_v2-6290bef81a-qat-w8-e3-kd-lr0.005
     python benchmarks/diagnostics.py --graphs $Q/model_qdq.onnx $Q-aa/model_qdq.onnx \
-        $RUNS/quantize/resnet18-resnet18_eurosat64.safetensors-ptq/model_int8.onnx
+        $RUNS/quantize/resnet18-resnet18_eurosat64.safetensors-ptq/model_int8.onnx \
+        $RUNS/quantize/mobilenet_v2-mobilenet_v2-6290bef81a-ptq/model_int8.onnx
     R=$RUNS/quantize/resnet18-resnet18_eurosat64.safetensors
     python benchmarks/diagnostics.py --latency-pair $R-onnx/fp32.onnx $R-ptq/model_int8.onnx
 """
