@@ -106,6 +106,14 @@ def test_resnet9_any_input_size() -> None:
     assert _logits(unpooled, 8, batch=1).shape == (1, 5)
 
 
+def test_resnet18_zero_init_residual_starts_each_block_as_identity() -> None:
+    zeroed = create_model("resnet18", 4, zero_init_residual=True)
+    plain = create_model("resnet18", 4)
+    blocks = [m for m in zeroed.modules() if type(m).__name__ == "BasicBlock"]
+    assert len(blocks) == 8 and all(b.bn2.weight.abs().sum() == 0 for b in blocks)
+    assert all(b.bn2.weight.abs().sum() > 0 for b in plain.modules() if hasattr(b, "bn2"))
+
+
 def test_resnet9_stem_pool_and_logit_scale() -> None:
     torch.manual_seed(0)
     scaled = create_model("resnet9", 3, width=4).eval()

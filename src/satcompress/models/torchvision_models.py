@@ -21,9 +21,22 @@ _IMAGENET_CLASSES = 1000
 
 
 @register_model("resnet18", family="cnn")
-def resnet18(num_classes: int, pretrained: bool = False) -> nn.Module:
-    """ResNet-18 from torchvision (11.7M params at 1000 classes), standard ImageNet stem."""
-    return _build("resnet18", tvm.resnet18, tvm.ResNet18_Weights.DEFAULT, num_classes, pretrained)
+def resnet18(
+    num_classes: int, pretrained: bool = False, zero_init_residual: bool = False
+) -> nn.Module:
+    """ResNet-18 from torchvision (11.7M params at 1000 classes), standard ImageNet stem.
+
+    ``zero_init_residual`` is torchvision's option: each block's last batch norm starts at
+    zero, so every residual block starts as the identity (the architecture is unchanged).
+    """
+    return _build(
+        "resnet18",
+        tvm.resnet18,
+        tvm.ResNet18_Weights.DEFAULT,
+        num_classes,
+        pretrained,
+        zero_init_residual=bool(zero_init_residual),
+    )
 
 
 @register_model("mobilenet_v2", family="cnn")
