@@ -270,9 +270,9 @@ def retime(
         threads: ORT intra-op threads of the record's ``latency_ms`` (``None``: all cores).
         rounds: Interleaved rounds per thread count.
         extra_threads: Further thread counts, timed after ``threads``. Every count lands in
-            ``latency_by_threads`` (``{"<n>": {"bs1": ms, "bs64": ms}}``). On a 2-vCPU VM a
-            run at all cores stalls whenever another process takes a core, so 1 thread gives
-            the steadier ratios there.
+            ``latency_by_threads`` (``{"<n>": {"bs1": ms, "bs64": ms}}``). On the 2-vCPU
+            machines here 1 thread gave the steadier ratios (``latency-threads`` in
+            ``results/diagnostics.json``).
     """
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
