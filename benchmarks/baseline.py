@@ -285,12 +285,13 @@ def retime(
         for model in sorted({records.get(i)["model"] for i in paths}):
             group = {i: p for i, p in paths.items() if records.get(i)["model"] == model}
             size = tuple(records.get(next(iter(group)))["input"]["size"] or (64, 64))
-            for count in (threads, *(t for t in extra_threads if t != threads)):
+            primary = threads or os.cpu_count() or 1  # what None means to the session
+            for count in (primary, *(t for t in extra_threads if t != primary)):
                 timings = measure_latency_side_by_side(
                     group, size, LatencyConfig(threads=count), rounds
                 )
                 for record_id, timing in timings.items():
-                    _store_timing(records, record_id, timing, rounds, primary=count == threads)
+                    _store_timing(records, record_id, timing, rounds, primary=count == primary)
 
 
 def _store_timing(

@@ -179,7 +179,8 @@ def _block_ms(session: ort.InferenceSession, images: np.ndarray, runs: int) -> l
 
 def _interleaved_medians(sessions: dict, batch: int, runs: int, pause: float, rounds: int):
     """Each session's block medians (ms), the sessions timed in turn, ``rounds`` times."""
-    images = np.random.default_rng(0).integers(0, 256, (batch, 3, 64, 64), np.uint8)
+    height, width = next(iter(sessions.values())).get_inputs()[0].shape[-2:]
+    images = np.random.default_rng(0).integers(0, 256, (batch, 3, height, width), np.uint8)
     medians: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, session in sessions.items():

@@ -208,6 +208,11 @@ def _speed_up(base: dict | None, latency: dict | None) -> str:
     )
 
 
+def _one_thread(record: dict | None) -> dict | None:
+    """The record's 1-thread latencies, the steadier ratio on a 2-vCPU machine (retime)."""
+    return (record or {}).get("latency_by_threads", {}).get("1")
+
+
 def markdown_table(records: list[dict]) -> str:
     rows = [
         "| variant | test acc. (ORT) | vs fp32 | PyTorch fake-quant acc. | bytes on disk | bound "
@@ -220,9 +225,7 @@ def markdown_table(records: list[dict]) -> str:
         delta = f"{(r['accuracy'] - base['accuracy']) * 100:+.2f}" if base else "-"
         lat = r["latency_ms"]
         speed = _speed_up(base and base["latency_ms"], lat)
-        one = "1"  # the steadier ratio on a 2-vCPU machine (baseline.retime)
-        single = _speed_up(base and base.get("latency_by_threads", {}).get(one),
-                           r.get("latency_by_threads", {}).get(one))  # fmt: skip
+        single = _speed_up(_one_thread(base), _one_thread(r))
         bound = r.get("bound_bytes") or 0
         fake = f"{r['pytorch_accuracy'] * 100:.2f}%" if r.get("pytorch_accuracy") else "-"
         rows.append(
