@@ -25,7 +25,7 @@ from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.evaluate import evaluate
 from satcompress.models import create_model
-from satcompress.preprocess import InputSpec
+from satcompress.preprocess import AugmentConfig, InputSpec
 from satcompress.train import TrainConfig, train
 
 STUDENT_LOGITS = [[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]]
@@ -168,6 +168,23 @@ def test_teacher_cache_is_exact_and_hits_on_repeated_images():
     assert torch.allclose(again[2:], first[2:], atol=0)
     stats = loss.stats()
     assert stats["teacher_cache_hits"] == 2 and stats["teacher_cache_misses"] == 6
+
+
+def test_auto_cache_only_when_augmented_images_repeat():
+    from satcompress.compress.distill.loss import cache_enabled
+
+    assert cache_enabled(DistillConfig(), AugmentConfig())
+    assert not cache_enabled(DistillConfig(), AugmentConfig(shift=2))
+    assert not cache_enabled(DistillConfig(), AugmentConfig(cutmix=1.0))
+
+
+def test_distillation_loss_accepts_the_soft_targets_of_mixed_batches():
+    teacher = create_model("test_resnet", 3).eval()
+    loss = DistillationLoss(teacher, InputSpec(), DistillConfig(alpha=0.0), image_size=(8, 8))
+    logits = torch.randn(4, 3)
+    labels = torch.tensor([0, 1, 2, 0])
+    soft = F.one_hot(labels, 3).float()
+    assert torch.allclose(loss(logits, soft, _images(4)), loss(logits, labels, _images(4)))
 
 
 def test_unknown_layer_names_list_close_matches():

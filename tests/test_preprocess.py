@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from satcompress.config import ConfigError
-from satcompress.preprocess import AugmentConfig, BatchAugment, InputSpec, Preprocess
+from satcompress.preprocess import (
+    AugmentConfig,
+    BatchAugment,
+    BatchMix,
+    InputSpec,
+    Preprocess,
+    mixing_enabled,
+)
 
 
 def _batch(n=16, size=8, seed=0):
@@ -84,3 +91,47 @@ def test_input_spec_rejects_bad_values(kwargs):
 def test_input_spec_round_trips():
     spec = InputSpec(size=(32, 48), mean=(0.1, 0.2, 0.3), std=(1, 2, 3))
     assert InputSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_cutmix_pastes_a_box_from_the_partner_and_mixes_labels_by_area():
+    x = torch.stack([torch.full((3, 16, 16), 10 * (i + 1), dtype=torch.uint8) for i in range(4)])
+    labels = torch.arange(4)
+    torch.manual_seed(0)
+    mix = BatchMix(AugmentConfig(cutmix=1.0), num_classes=4)
+    for _ in range(5):
+        y, targets = mix(x, labels)
+        assert y.dtype == torch.uint8 and targets.shape == (4, 4)
+        assert torch.allclose(targets.sum(1), torch.ones(4))
+        for i in range(4):
+            own = (y[i] == x[i, 0, 0, 0]).float().mean()
+            partner = (y[i] == x[(i - 1) % 4, 0, 0, 0]).float().mean()  # v2 rolls the batch by 1
+            assert own + partner == 1, "every pixel comes from the image or its partner"
+            assert torch.isclose(targets[i, i], own) or own == 1
+
+
+def test_mixup_blends_images_with_the_weight_of_their_soft_label():
+    x = _batch(n=6, size=8, seed=1)
+    labels = torch.arange(6)
+    torch.manual_seed(2)
+    y, targets = BatchMix(AugmentConfig(mixup=0.4), num_classes=6)(x, labels)
+    lam = float(targets[0, 0])
+    assert 0 < lam < 1 and torch.allclose(targets.diagonal(), torch.full((6,), lam))
+    expected = (lam * x.float() + (1 - lam) * x.roll(1, 0).float()).round()
+    assert (y.float() - expected).abs().max() <= 1  # uint8 rounding only
+
+
+def test_mix_probability_zero_keeps_images_and_class_labels():
+    x, labels = _batch(n=4), torch.tensor([0, 1, 2, 3])
+    cfg = AugmentConfig(cutmix=1.0, mixup=0.2, mix_prob=0.0)
+    assert not mixing_enabled(cfg) and mixing_enabled(AugmentConfig(cutmix=1.0))
+    y, targets = BatchMix(cfg, num_classes=4)(x, labels)
+    assert torch.equal(y, x) and torch.equal(targets, labels)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [(dict(mixup=-1.0), "augment.mixup"), (dict(mix_prob=1.5), "augment.mix_prob")],
+)
+def test_bad_mix_settings_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        AugmentConfig(**kwargs)

@@ -129,6 +129,14 @@ def test_users_own_module_and_ema(eurosat_root, dataset, tmp_path):
     assert result.summary["best_val_accuracy"] is not None
 
 
+def test_cutmix_mixup_training_learns_with_soft_targets(eurosat_root, dataset, tmp_path):
+    cfg = _config(eurosat_root, epochs=4, augment={"cutmix": 1.0, "mixup": 0.2})
+    result = train(cfg, tmp_path / "mix", dataset=dataset, progress=False)
+    assert result.summary["best_val_accuracy"] > 0.5
+    saved = yaml.safe_load((tmp_path / "mix" / "config.yaml").read_text())
+    assert saved["augment"]["cutmix"] == 1.0 and saved["augment"]["mixup"] == 0.2
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -87,6 +87,11 @@ class AugmentConfig(Config):
         shift: Random translation of up to this many pixels (reflection padding); 0 = off.
         brightness: Light colour jitter: brightness factor in [1 - b, 1 + b]; 0 = off.
         contrast: Contrast factor in [1 - c, 1 + c]; 0 = off.
+        mixup: MixUp's Beta(alpha, alpha) parameter: blend pairs of images and their labels;
+            0 = off.
+        cutmix: CutMix's Beta(alpha, alpha) parameter: paste a box of one image into another,
+            labels mixed by area; 0 = off. With both on, each batch uses one of the two.
+        mix_prob: Probability that a batch is mixed at all (when ``mixup`` or ``cutmix`` is on).
     """
 
     hflip: bool = True
@@ -95,11 +100,20 @@ class AugmentConfig(Config):
     shift: int = 0
     brightness: float = 0.0
     contrast: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
 
     def validate(self) -> None:
         """Check ranges."""
         if self.shift < 0:
             raise ConfigError(f"augment.shift must be >= 0, got {self.shift}")
+        for name in ("mixup", "cutmix"):
+            alpha = getattr(self, name)
+            if alpha < 0:
+                raise ConfigError(f"augment.{name} is a Beta parameter >= 0, got {alpha}")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise ConfigError(f"augment.mix_prob must be in [0, 1], got {self.mix_prob}")
         for name in ("brightness", "contrast"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -138,6 +152,52 @@ class BatchAugment(nn.Module):
         if cfg.brightness or cfg.contrast:
             x = _jitter(x, cfg.brightness, cfg.contrast)
         return x
+
+
+class BatchMix(nn.Module):
+    """MixUp / CutMix of a uint8 batch: returns the mixed images and soft (B, K) targets.
+
+    torchvision's v2 ``MixUp`` and ``CutMix`` do the mixing; this wrapper runs them on a float
+    copy and rounds back to uint8, because every loss (a distillation teacher too) must see
+    the same mixed uint8 batch, and ``MixUp`` cannot blend uint8 tensors in place.
+
+    Args:
+        config: The ``mixup``, ``cutmix`` and ``mix_prob`` settings.
+        num_classes: Number of classes (the width of the soft targets).
+    """
+
+    def __init__(self, config: AugmentConfig, num_classes: int) -> None:
+        super().__init__()
+        from torchvision.transforms import v2
+
+        self.prob = config.mix_prob
+        choices = []
+        if config.mixup > 0:
+            choices.append(v2.MixUp(alpha=config.mixup, num_classes=num_classes))
+        if config.cutmix > 0:
+            choices.append(v2.CutMix(alpha=config.cutmix, num_classes=num_classes))
+        if not choices:
+            raise ConfigError("BatchMix needs augment.mixup > 0 or augment.cutmix > 0")
+        self.mix = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix a (B, C, H, W) uint8 batch with probability ``mix_prob``.
+
+        Returns:
+            The images (uint8) and their targets: soft ``(B, K)`` probabilities when the
+            batch was mixed, else the unchanged ``(B,)`` class indices.
+        """
+        if images.shape[0] < 2 or torch.rand(()) >= self.prob:
+            return images, labels
+        mixed, targets = self.mix(images.float(), labels.long())
+        return mixed.round_().clamp_(0, 255).to(images.dtype), targets
+
+
+def mixing_enabled(config: AugmentConfig) -> bool:
+    """Whether ``config`` mixes batches (MixUp or CutMix on, with a non-zero probability)."""
+    return (config.mixup > 0 or config.cutmix > 0) and config.mix_prob > 0
 
 
 def _where_each(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,14 @@ import lightning as L
 import torch
 from torch import nn
 
-from satcompress.preprocess import AugmentConfig, BatchAugment, InputSpec, Preprocess
+from satcompress.preprocess import (
+    AugmentConfig,
+    BatchAugment,
+    BatchMix,
+    InputSpec,
+    Preprocess,
+    mixing_enabled,
+)
 from satcompress.train.config import TrainConfig
 
 
@@ -23,6 +30,7 @@ class TrainingLoss(Protocol):
 
     It receives the student's logits, the labels, and the augmented uint8 images, so a
     distillation loss can run its teacher on the same images prepared the teacher's way.
+    With MixUp/CutMix on, the labels are soft ``(B, K)`` targets of the mixed images.
     """
 
     def __call__(
@@ -33,7 +41,7 @@ class TrainingLoss(Protocol):
 
 
 class SupervisedLoss(nn.Module):
-    """Cross-entropy on the hard labels, with optional label smoothing."""
+    """Cross-entropy on the labels (class indices or soft targets), with label smoothing."""
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -70,7 +78,9 @@ class ClassificationTask(L.LightningModule):
         super().__init__()
         self.model = model
         self.preprocess = Preprocess(input_spec)
-        self.augment = BatchAugment(config.augment if config else AugmentConfig())
+        augment = config.augment if config else AugmentConfig()
+        self.augment = BatchAugment(augment)
+        self.mix = BatchMix(augment, num_classes) if mixing_enabled(augment) else None
         self.config = config
         self.num_classes = num_classes
         self.loss = loss if loss is not None else SupervisedLoss(config.label_smoothing)
@@ -91,8 +101,11 @@ class ClassificationTask(L.LightningModule):
         """Augment the uint8 batch, then one optimisation step's loss."""
         images, labels = batch
         images = self.augment(images)
+        targets = labels
+        if self.mix is not None:
+            images, targets = self.mix(images, labels)
         logits = self.model(self._prepare(images))
-        loss = self.loss(logits, labels, images)
+        loss = self.loss(logits, targets, images)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at step {self.global_step}; lower the "

@@ -18,7 +18,7 @@ from torch import nn
 
 from satcompress.compress.distill.config import DistillConfig
 from satcompress.compress.distill.features import FeatureDistiller
-from satcompress.preprocess import AugmentConfig, InputSpec, Preprocess
+from satcompress.preprocess import AugmentConfig, InputSpec, Preprocess, mixing_enabled
 
 
 def kd_loss(
@@ -48,13 +48,15 @@ def cache_enabled(config: DistillConfig, augment: AugmentConfig | None) -> bool:
     """Whether teacher logits are cached: ``memory``, or ``auto`` with repeating augmentations.
 
     ``auto`` caches when the augmented images repeat exactly across epochs (only flips and
-    90-degree rotations: each image has at most 8 variants) and no feature layers are used.
+    90-degree rotations: each image has at most 8 variants; no MixUp/CutMix) and no feature
+    layers are used.
     """
     if config.teacher_cache != "auto":
         return config.teacher_cache == "memory"
     if config.feature_layers or augment is None:
         return False
-    return augment.shift == 0 and augment.brightness == 0 and augment.contrast == 0
+    repeating = augment.shift == 0 and augment.brightness == 0 and augment.contrast == 0
+    return repeating and not mixing_enabled(augment)
 
 
 class FrozenTeacher:
