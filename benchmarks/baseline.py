@@ -236,6 +236,53 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+_NOT_RECIPE = ("model", "data_dir", "threads", "num_workers", "dataset", "stage")
+
+
+def recipe_changes(recipe: dict, model: str) -> str:
+    """How ``recipe`` differs from the library's default ``TrainConfig`` (dotted keys)."""
+    default = sc.TrainConfig(model=model).to_dict()
+
+    def flat(values: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in values.items():
+            if isinstance(value, dict) and value and key != "model_kwargs":
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    ours, base = flat(recipe), flat(default)
+    changed = [
+        f"{key}={ours[key]}"
+        for key in sorted(ours)
+        if key.split(".")[0] not in _NOT_RECIPE and ours[key] != base.get(key)
+    ]
+    return " ".join(changed) or "default"
+
+
+def ablation_table(paths: list[Path]) -> str:
+    """One row per training run of the given results files: what changed, val and test."""
+    rows = [
+        "| file | model | recipe (changes to the default) | best val | test acc. | MACs "
+        "| epochs | wall | CPU |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for path in paths:
+        for r in RecordList(path).records:
+            cpu = r["latency"].get("cpu", {}).get("model", "?")
+            val = r.get("best_val_accuracy")
+            rows.append(
+                f"| `{path.name}` | {r['model']} | `{recipe_changes(r['recipe'], r['model'])}` "
+                f"| {val * 100:.2f}% | {r['accuracy'] * 100:.2f}% | {r['macs'] / 1e6:.0f} M "
+                f"| {r['epochs']} | {r['wall_s'] / 60:.0f} min | {cpu} |"
+                if val is not None
+                else f"| `{path.name}` | {r['model']} | - | - | {r['accuracy'] * 100:.2f}% "
+                f"| - | - | - | {cpu} |"
+            )
+    return "\n".join(rows)
+
+
 def cpu_line(records: list[dict]) -> str:
     """The line under a README table: the CPU the first record was measured on (figures
     from different CPUs are not comparable)."""
@@ -370,7 +417,17 @@ def main() -> None:
         help="ablation: override training settings (weight_decay=1e-4 augment.shift=4); "
         "use with its own --out, the plain-loop comparison is skipped",
     )
+    parser.add_argument(
+        "--ablation-table",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="print the README's table of training runs in these results files and exit",
+    )
     args = parser.parse_args()
+    if args.ablation_table:
+        print(ablation_table(args.ablation_table))
+        return
     if report_only(args, markdown_table):
         return
 
