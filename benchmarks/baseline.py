@@ -74,9 +74,24 @@ def with_overrides(config: sc.TrainConfig, items: list[str]) -> sc.TrainConfig:
     return sc.TrainConfig.from_dict(values)
 
 
+# Settings added after results were recorded: at these (neutral) values they stay out of the
+# key, so the committed records and cached runs keep theirs.
+_LATER_SETTINGS = {
+    "norm_bias_weight_decay": None,
+    "augment": {"mixup": 0.0, "cutmix": 0.0, "mix_prob": 1.0},
+}
+
+
 def run_key(config: sc.TrainConfig) -> str:
     """Cache key of a training run: the recipe, without execution-only settings."""
     recipe = {k: v for k, v in config.to_dict().items() if k not in ("threads", "num_workers")}
+    for key, neutral in _LATER_SETTINGS.items():
+        if isinstance(neutral, dict):
+            recipe[key] = {
+                k: v for k, v in recipe[key].items() if k not in neutral or v != neutral[k]
+            }
+        elif recipe.get(key, neutral) == neutral:
+            recipe.pop(key, None)
     text = json.dumps(recipe, sort_keys=True)
     return f"{config.model}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 

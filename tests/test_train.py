@@ -129,6 +129,22 @@ def test_users_own_module_and_ema(eurosat_root, dataset, tmp_path):
     assert result.summary["best_val_accuracy"] is not None
 
 
+def test_norm_and_bias_parameters_get_their_own_weight_decay():
+    from satcompress.train.task import _parameter_groups
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    params = list(model.parameters())
+    assert _parameter_groups(params, 5e-4, None) == [{"params": params, "weight_decay": 5e-4}]
+    matrices, flat = _parameter_groups(params, 5e-4, 0.0)
+    assert matrices["weight_decay"] == 5e-4 and flat["weight_decay"] == 0.0
+    assert {id(p) for p in matrices["params"]} == {id(model[0].weight), id(model[3].weight)}
+    assert len(flat["params"]) == 4  # conv bias, BN scale and shift, linear bias
+    sgd = torch.optim.SGD(_parameter_groups(params, 5e-4, 0.0), lr=0.1, weight_decay=5e-4)
+    model[1].weight.grad = torch.zeros(4)
+    sgd.step()  # zero gradient, no decay: the BN scale stays exactly 1
+    assert torch.equal(model[1].weight.detach(), torch.ones(4))
+
+
 def test_cutmix_mixup_training_learns_with_soft_targets(eurosat_root, dataset, tmp_path):
     cfg = _config(eurosat_root, epochs=4, augment={"cutmix": 1.0, "mixup": 0.2})
     result = train(cfg, tmp_path / "mix", dataset=dataset, progress=False)
@@ -145,6 +161,7 @@ def test_cutmix_mixup_training_learns_with_soft_targets(eurosat_root, dataset, t
         (dict(normalize="custom"), "needs both mean and std"),
         (dict(warmup=1.5), "warmup"),
         (dict(ema_decay=1.0), "ema_decay"),
+        (dict(norm_bias_weight_decay=-1e-4), "norm_bias_weight_decay must be >= 0"),
     ],
 )
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, overrides, message):

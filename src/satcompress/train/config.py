@@ -43,6 +43,8 @@ class TrainConfig(Config):
         lr: Peak learning rate.
         momentum: SGD momentum.
         weight_decay: Weight decay.
+        norm_bias_weight_decay: Weight decay of the 1-d parameters (normalisation scales and
+            shifts, biases); ``None`` = ``weight_decay``, ``0`` = exempt them.
         schedule: ``onecycle``, ``cosine`` (with linear warm-up) or ``constant``.
         warmup: Fraction of the steps spent warming up.
         label_smoothing: Cross-entropy label smoothing.
@@ -83,6 +85,7 @@ class TrainConfig(Config):
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    norm_bias_weight_decay: float | None = None
     schedule: str = "onecycle"
     warmup: float = 0.15
     label_smoothing: float = 0.1
@@ -120,6 +123,10 @@ class TrainConfig(Config):
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "norm_bias_weight_decay"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if not 0 <= self.label_smoothing < 1:

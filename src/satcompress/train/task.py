@@ -137,7 +137,11 @@ class ClassificationTask(L.LightningModule):
         """Optimiser and per-step learning-rate schedule from the config."""
         cfg = self.config
         # the model's parameters, plus any the loss learns (e.g. distillation projections)
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = _parameter_groups(
+            [p for p in self.parameters() if p.requires_grad],
+            cfg.weight_decay,
+            cfg.norm_bias_weight_decay,
+        )
         if cfg.optimizer == "sgd":
             optimizer = torch.optim.SGD(
                 params,
@@ -154,6 +158,21 @@ class ClassificationTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def _parameter_groups(
+    params: list[nn.Parameter], weight_decay: float, norm_bias_weight_decay: float | None
+) -> list[dict]:
+    """Optimiser groups: 1-d parameters (norm scales/shifts, biases) get their own decay."""
+    if norm_bias_weight_decay is None or norm_bias_weight_decay == weight_decay:
+        return [{"params": params, "weight_decay": weight_decay}]
+    flat = [p for p in params if p.ndim <= 1]
+    rest = [p for p in params if p.ndim > 1]
+    groups = [
+        {"params": rest, "weight_decay": weight_decay},
+        {"params": flat, "weight_decay": norm_bias_weight_decay},
+    ]
+    return [group for group in groups if group["params"]]
 
 
 def _make_schedule(
