@@ -156,3 +156,21 @@ def test_shared_resnet18_reproduces_its_card(shared_data, tmp_path):
     assert record["num_samples"] == 5400
     assert record["accuracy"] == pytest.approx(card["test_accuracy"], abs=1e-4)
     assert record["size_bytes"] == pytest.approx(44_717_048, rel=0.001)
+
+
+def test_help_of_a_setting_joins_its_docstring_lines_and_escapes_percent():
+    from satcompress.config import field_help
+    from satcompress.train import TrainConfig
+
+    class Settings:
+        """Settings.
+
+        Attributes:
+            ratio: Share kept, in %
+                of all weights.
+            other: Next.
+        """
+
+    assert field_help(Settings, "ratio") == "Share kept, in %% of all weights."
+    assert field_help(Settings, "missing") == ""
+    assert "mixup, cutmix, mix_prob" in field_help(TrainConfig, "augment")

@@ -21,7 +21,7 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from satcompress.config import ConfigError, load_yaml, parse_value
+from satcompress.config import ConfigError, field_help, load_yaml, parse_value
 from satcompress.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def _add_distill_command(commands: argparse._SubParsersAction) -> None:
         ("teacher_cache", {"choices": TEACHER_CACHE_MODES}),
     ):
         flag = "--" + name.replace("_", "-")
-        help_text = _field_help(DistillConfig, name)
+        help_text = field_help(DistillConfig, name)
         group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text, **kwargs)
     _add_config_flags(distill, TrainConfig)
     distill.set_defaults(handler=cmd_distill)
@@ -159,7 +159,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None
             kwargs.update(type=float, nargs=3)
         else:  # dicts and nested configs: key=value pairs
             kwargs.update(type=_key_value, nargs="+", metavar="KEY=VALUE")
-        group.add_argument(flag, help=_field_help(config_cls, field.name), **kwargs)
+        group.add_argument(flag, help=field_help(config_cls, field.name), **kwargs)
 
 
 def _strip_optional(hint: Any) -> Any:
@@ -174,14 +174,6 @@ def _key_value(text: str) -> tuple[str, Any]:
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key.replace("-", "_"), parse_value(value)
-
-
-def _field_help(config_cls: type, name: str) -> str:
-    """The field's description from the class docstring's Attributes section."""
-    for line in (config_cls.__doc__ or "").splitlines():
-        if line.strip().startswith(f"{name}:"):
-            return line.split(":", 1)[1].strip()
-    return ""
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -72,6 +72,24 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
+def field_help(config_cls: type, name: str) -> str:
+    """A field's description from the class docstring's ``Attributes:`` section.
+
+    For ``--help``: continuation lines are joined and ``%`` is escaped for argparse.
+    """
+    lines = (config_cls.__doc__ or "").splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(f"{name}:"):
+            indent = len(line) - len(line.lstrip())
+            parts = [line.split(":", 1)[1].strip()]
+            for more in lines[i + 1 :]:
+                if not more.strip() or len(more) - len(more.lstrip()) <= indent:
+                    break
+                parts.append(more.strip())
+            return " ".join(parts).replace("%", "%%")
+    return ""
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)

@@ -51,7 +51,8 @@ class TrainConfig(Config):
         ema_decay: Exponential moving average of the weights (evaluated and saved); ``None`` = off.
             Off by default: with a one-cycle schedule the EMA lags the annealed weights (measured
             on ResNet-18/EuroSAT: 94.31% with decay 0.999 at batch 64, below the plain recipe).
-        augment: Augmentation settings.
+        augment: Augmentation settings (``KEY=VALUE``: hflip, vflip, rot90, shift, brightness,
+            contrast, mixup, cutmix, mix_prob; see ``AugmentConfig``).
         seed: Seed for the split, initialisation, shuffling and augmentation.
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
         devices: Number of devices (processes) per node.

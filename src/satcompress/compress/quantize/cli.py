@@ -28,7 +28,7 @@ from satcompress.compress.quantize.config import (
     QATConfig,
     load_bits_map,
 )
-from satcompress.config import ConfigError, load_yaml
+from satcompress.config import ConfigError, field_help, load_yaml
 
 EXIT_DIVERGED = 3
 _TRAIN_OVERRIDES = ("batch_size", "limit_batches", "threads", "channels_last", "seed", "optimizer")
@@ -106,7 +106,7 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 def _flag_adder(group: argparse._ArgumentGroup, config_cls: type) -> Any:
     def add(name: str, dest: str | None = None, **kwargs: Any) -> None:
-        help_text = _field_help(config_cls, name)
+        help_text = field_help(config_cls, name)
         group.add_argument(
             "--" + (dest or name).replace("_", "-"),
             dest=dest or name,
@@ -116,13 +116,6 @@ def _flag_adder(group: argparse._ArgumentGroup, config_cls: type) -> Any:
         )
 
     return add
-
-
-def _field_help(config_cls: type, name: str) -> str:
-    for line in (config_cls.__doc__ or "").splitlines():
-        if line.strip().startswith(f"{name}:"):
-            return line.split(":", 1)[1].strip().replace("%", "%%")
-    return ""
 
 
 def _optional_int(text: str) -> int | None:
