@@ -17,7 +17,12 @@ atomically after each):
 * ``latency-threads``: the fp32 / int8 latency ratio of the two files named by
   ``--latency-pair`` at 2 and 1 threads, timed in interleaved rounds three ways: as the
   benchmarks do, with a 0.3 s pause before each file's block (one session's spinning worker
-  threads go idle before the next is timed), and with ORT's thread spinning off.
+  threads go idle before the next is timed), and with ORT's thread spinning off;
+* ``ort-profile``: ONNX Runtime's own profiler on the files named by ``--profile``: kernel
+  time per operator type and per convolution at 1 and 2 threads, batch 1 and 64 (which
+  kernels gain from the second thread).
+
+``--jobs`` runs only the named measurements (e.g. the timing ones on a quiet machine).
 
     RUNS=~/.cache/satcompress/benchmarks
     python benchmarks/diagnostics.py --runs $RUNS/resnet18-6e06a5661b
@@ -28,6 +33,8 @@ atomically after each):
         $RUNS/quantize/mobilenet_v2-mobilenet_v2-6290bef81a-ptq/model_int8.onnx
     R=$RUNS/quantize/resnet18-resnet18_eurosat64.safetensors
     python benchmarks/diagnostics.py --latency-pair $R-onnx/fp32.onnx $R-ptq/model_int8.onnx
+    python benchmarks/diagnostics.py --jobs ort-profile --profile $R-onnx/fp32.onnx \
+        $R-ptq/model_int8.onnx
 """
 
 from __future__ import annotations
@@ -208,6 +215,51 @@ def latency_threads(fp32: Path, int8: Path, rounds: int = 5) -> dict:
     return {"fp32": str(fp32), "int8": str(int8), "rounds": rounds, "rows": rows}
 
 
+def _profiled_kernel_us(path: Path, threads: int, batch: int, runs: int) -> dict[str, float]:
+    """Mean kernel time (us per run) of every node, from ONNX Runtime's profiler."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        height, width = session.get_inputs()[0].shape[-2:]
+        images = np.random.default_rng(0).integers(0, 256, (batch, 3, height, width), np.uint8)
+        feed = {session.get_inputs()[0].name: images}
+        for _ in range(runs):
+            session.run(None, feed)
+        events = read_json(session.end_profiling())
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            key = f"{event['args']['op_name']} {event['name'].removesuffix('_kernel_time')}"
+            totals[key] = totals.get(key, 0.0) + event["dur"] / runs
+    return totals
+
+
+def ort_profile(graphs: list[Path]) -> dict:
+    """Kernel time per op type and per convolution, 1 and 2 threads, batch 1 and 64."""
+    out = {}
+    for graph in graphs:
+        for batch, runs in ((1, 300), (64, 20)):
+            per_node = {t: _profiled_kernel_us(graph, t, batch, runs) for t in (1, 2)}
+            by_op: dict[str, dict[str, float]] = {}
+            for threads, nodes in per_node.items():
+                for key, us in nodes.items():
+                    op = by_op.setdefault(key.split(" ")[0], {"1": 0.0, "2": 0.0})
+                    op[str(threads)] += us
+            convs = {key.split(" ", 1)[1]: {"1": round(us, 1), "2": round(per_node[2][key], 1)}
+                     for key, us in per_node[1].items() if "Conv" in key}  # fmt: skip
+            out[f"{graph} bs{batch}"] = {
+                "us_per_run_by_op": {k: {t: round(v, 1) for t, v in d.items()}
+                                     for k, d in sorted(by_op.items(), key=lambda kv: -kv[1]["1"])},
+                "us_per_run_by_conv": convs,
+            }  # fmt: skip
+            print(graph, batch, out[f"{graph} bs{batch}"]["us_per_run_by_op"])
+    return {"runs": {"bs1": 300, "bs64": 20}, "profiles": out}
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__, "results/diagnostics.json")
     parser.add_argument("--runs", nargs="*", type=Path, default=[], help="trained runs")
@@ -215,21 +267,35 @@ def main() -> None:
     parser.add_argument("--mobilenet", type=Path, help="MobileNetV2 run for qat-start")
     parser.add_argument("--graphs", nargs="*", type=Path, default=[], help="ONNX files")
     parser.add_argument("--latency-pair", nargs=2, type=Path, help="fp32 and int8 ONNX files")
+    parser.add_argument("--profile", nargs="*", type=Path, default=[], help="ONNX files")
+    parser.add_argument("--jobs", nargs="*", help="only these measurements (default: all)")
     args = parser.parse_args()
     done = read_json(args.out) if args.out.is_file() else {}
-    dataset = load_eurosat(args.data_dir)
+    loaded: list = []
+
+    def dataset():  # decoded only for the jobs that need images
+        if not loaded:
+            loaded.append(load_eurosat(args.data_dir))
+        return loaded[0]
+
     jobs = {
         "train-speed": lambda: train_speed(args.threads or 1),
-        "train-accuracy": lambda: train_accuracy(args.runs, dataset),
+        "train-accuracy": lambda: train_accuracy(args.runs, dataset()),
     }
     if args.mobilenet:
-        jobs["qat-start"] = lambda: qat_start(args.mobilenet, dataset)
+        jobs["qat-start"] = lambda: qat_start(args.mobilenet, dataset())
     if args.qat_runs:
-        jobs["ort-agreement"] = lambda: ort_agreement(args.qat_runs, dataset)
+        jobs["ort-agreement"] = lambda: ort_agreement(args.qat_runs, dataset())
     if args.graphs:
         jobs["ort-ops"] = lambda: ort_ops(args.graphs)
     if args.latency_pair:
         jobs["latency-threads"] = lambda: latency_threads(*args.latency_pair)
+    if args.profile:
+        jobs["ort-profile"] = lambda: ort_profile(args.profile)
+    unknown = set(args.jobs or []) - set(jobs)
+    if unknown:
+        raise SystemExit(f"--jobs: {sorted(unknown)} not among {sorted(jobs)} (check the inputs)")
+    jobs = {name: job for name, job in jobs.items() if not args.jobs or name in args.jobs}
     for name, job in jobs.items():
         if name not in done:
             done[name] = {**job(), "cpu": cpu_description()}
