@@ -289,11 +289,8 @@ def ablation_table(paths: list[Path]) -> str:
             val = r.get("best_val_accuracy")
             rows.append(
                 f"| `{path.name}` | {r['model']} | `{recipe_changes(r['recipe'], r['model'])}` "
-                f"| {val * 100:.2f}% | {r['accuracy'] * 100:.2f}% | {r['macs'] / 1e6:.0f} M "
-                f"| {r['epochs']} | {r['wall_s'] / 60:.0f} min | {cpu} |"
-                if val is not None
-                else f"| `{path.name}` | {r['model']} | - | - | {r['accuracy'] * 100:.2f}% "
-                f"| - | - | - | {cpu} |"
+                f"| {'-' if val is None else f'{val * 100:.2f}%'} | {r['accuracy'] * 100:.2f}% "
+                f"| {r['macs'] / 1e6:.0f} M | {r['epochs']} | {r['wall_s'] / 60:.0f} min | {cpu} |"
             )
     return "\n".join(rows)
 

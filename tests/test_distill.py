@@ -20,6 +20,7 @@ from satcompress.compress.distill import (
     kd_loss,
     load_teacher,
 )
+from satcompress.compress.distill.loss import cache_enabled
 from satcompress.compress.distill.teacher import TeacherMismatchError
 from satcompress.config import ConfigError
 from satcompress.data import load_dataset
@@ -171,8 +172,6 @@ def test_teacher_cache_is_exact_and_hits_on_repeated_images():
 
 
 def test_auto_cache_only_when_augmented_images_repeat():
-    from satcompress.compress.distill.loss import cache_enabled
-
     assert cache_enabled(DistillConfig(), AugmentConfig())
     assert not cache_enabled(DistillConfig(), AugmentConfig(shift=2))
     assert not cache_enabled(DistillConfig(), AugmentConfig(cutmix=1.0))

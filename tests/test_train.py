@@ -10,6 +10,7 @@ from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.models import load_weights
 from satcompress.train import TrainConfig, resolve_input_spec, train
+from satcompress.train.task import _parameter_groups
 
 
 def _config(data_dir, **overrides):
@@ -130,8 +131,6 @@ def test_users_own_module_and_ema(eurosat_root, dataset, tmp_path):
 
 
 def test_norm_and_bias_parameters_get_their_own_weight_decay():
-    from satcompress.train.task import _parameter_groups
-
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
     params = list(model.parameters())
     assert _parameter_groups(params, 5e-4, None) == [{"params": params, "weight_decay": 5e-4}]
