@@ -6,6 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from satcompress.artifact.format import load_artifact
 from satcompress.artifact.onnx import export_onnx, make_session, run_session
@@ -20,6 +21,7 @@ from satcompress.compress.quantize import (
     quantize,
     quantize_onnx,
     resolve_layer_bits,
+    split_reused_activations,
 )
 from satcompress.compress.quantize.qat import output_quantizers, quant_layers
 from satcompress.config import ConfigError
@@ -292,15 +294,48 @@ def test_a_linear_bottleneck_is_quantized_once_so_onnx_runtime_runs_the_trained_
     _assert_matches(run_session(make_session(path, 1), images), reference, exact=False)
 
 
-def test_output_quantizers_after_activations_skip_reused_relus():
-    images = _images(8)
-    model, _, _ = _qat_model("test_resnet", 8, images, quant_after_activation=True)
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_splitting_reused_resnet_relus_keeps_outputs_and_state_dict(block):
+    torch.manual_seed(0)
+    if block == "basic":
+        module = BasicBlock(8, 8)
+    else:
+        module = Bottleneck(16, 4, downsample=None)
+    module = _randomize_bn(module).eval()
+    x = torch.randn(2, module.conv1.in_channels, 6, 6)
+    with torch.no_grad():
+        reference = module(x)
+    keys = set(module.state_dict())
+    assert split_reused_activations(module) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), reference, rtol=0, atol=0)
+    assert set(module.state_dict()) == keys
+    children = [name for name, _ in module.named_children()]
+    assert children[children.index("bn1") + 1].startswith("relu")  # right after its norm
+    assert split_reused_activations(module) == 0  # already split
+
+
+def test_output_quantizers_after_activations_make_a_resnet_integer_end_to_end(tmp_path):
+    images = _images(32)
+    model, layer_bits, x = _qat_model("test_resnet", 8, images, quant_after_activation=True)
     quantizers = set(output_quantizers(model))
-    # The stem's ReLU runs once, right after its norm: the quantizer moves behind it.
-    assert "stem.2.1" in quantizers and "stem.1.1" not in quantizers
-    # A BasicBlock's ReLU also runs after the residual sum: its quantizer stays on the norm.
-    assert {"layer1.bn1.1", "layer1.bn2.1"} <= quantizers
-    assert isinstance(model.get_submodule("layer1.relu"), torch.nn.ReLU)
+    # Each ReLU runs once now, right after its norm: the quantizer moves behind it.
+    assert {"stem.2.1", "layer1.relu.1", "layer2.relu.1"} <= quantizers
+    assert not {"stem.1.1", "layer1.bn1.1", "layer2.bn1.1"} & quantizers
+    # The norm before the residual sum keeps its own; the sum's ReLU gets one for both readers.
+    assert {"layer1.bn2.1", "layer1.relu_out.1", "layer2.relu_out.1"} <= quantizers
+    layers = quant_layers(model)
+    assert not layers["layer2.conv1"].input_quant.is_quant_enabled  # reuses layer1's output
+    path, _, _ = export_qat_onnx(model, SPEC, (32, 32), tmp_path / "resnet.onnx", layer_bits)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearConv") == 6 and ops.count("QLinearAdd") == 2
+    assert not {"Relu", "Add", "Conv"} & set(ops)  # no float op left inside the blocks
+    with torch.no_grad():
+        reference = model(x).numpy()
+    _assert_matches(run_session(make_session(path, 1), images), reference, exact=False)
 
 
 def test_quantizing_after_relu6_fuses_the_clamp_and_matches_the_fake_quant_model(tmp_path):

@@ -36,6 +36,7 @@ _LAZY = {
     "qat": "qat",
     "qat_train_config": "qat",
     "resolve_layer_bits": "qat",
+    "split_reused_activations": "qat",
 }
 
 __all__ = ["CALIBRATION_METHODS", "PTQConfig", "QATConfig", "load_bits_map", *_LAZY]

@@ -40,6 +40,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from satcompress.checkpoint import TrainedModel, load_trained
 from satcompress.compress.distill import DistillationLoss, check_teacher_classes, load_teacher
@@ -209,6 +210,7 @@ def prepare_qat(
         The QAT model and the weight bits per layer (None = kept in float).
     """
     model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    split_reused_activations(model)
     layer_bits = resolve_layer_bits(model, config, probe)
     quantize_outputs = config.output_quant and config.activation_bits is not None
     norms = conv_batch_norms(model) if quantize_outputs else {}
@@ -216,16 +218,40 @@ def prepare_qat(
     after = norm_activations(model, quantized_norms, probe) if config.quant_after_activation else {}
     # The module whose output each output quantizer follows: the norm, or its activation.
     outputs = {name: after.get(norm, norm) for name, norm in norms.items()}
-    requantized = layers_fed_by(model, {outputs[n] for n in outputs if layer_bits.get(n)}, probe)
+    quantized_outputs = {outputs[n] for n in outputs if layer_bits.get(n)}
+    if after:
+        quantized_outputs |= residual_activations(model, layer_bits)
+    requantized = layers_fed_by(model, quantized_outputs, probe)
     for name, bits in layer_bits.items():
         if bits is not None:
             layer = model.get_submodule(name)
             quant = _quant_layer(layer, bits, config, quantize_input=name not in requantized)
             _set_module(model, name, quant)
-            if name in outputs:
-                source = model.get_submodule(outputs[name])
-                _set_module(model, outputs[name], nn.Sequential(source, _output_quant()))
+    for name in sorted(quantized_outputs):
+        source = model.get_submodule(name)
+        _set_module(model, name, nn.Sequential(source, _output_quant()))
     return model, layer_bits
+
+
+def residual_activations(model: nn.Module, layer_bits: dict[str, int | None]) -> set[str]:
+    """The ReLU after each residual sum of a ResNet block whose convolutions are quantized.
+
+    One output quantizer there serves both readers of the block's output, the next block's
+    convolution and its skip connection, so ONNX Runtime runs the sum as ``QLinearAdd`` (the
+    ReLU folds into the quantization) instead of dequantizing, adding and clamping in float.
+    Used with ``quant_after_activation``, after :func:`split_reused_activations`.
+    """
+    found = set()
+    for name, block in model.named_modules():
+        if isinstance(block, _BasicBlockOwnReLUs):
+            last_conv, relu = "conv2", "relu_out"
+        elif isinstance(block, _BottleneckOwnReLUs):
+            last_conv, relu = "conv3", "relu"
+        else:
+            continue
+        if layer_bits.get(f"{name}.{last_conv}"):
+            found.add(f"{name}.{relu}")
+    return found
 
 
 def conv_batch_norms(model: nn.Module) -> dict[str, str]:
@@ -246,6 +272,72 @@ def conv_batch_norms(model: nn.Module) -> dict[str, str]:
                 prefix = f"{parent_name}." if parent_name else ""
                 pairs[prefix + name] = prefix + next_name
     return pairs
+
+
+class _BasicBlockOwnReLUs(BasicBlock):
+    """Torchvision's ``BasicBlock`` with a second ReLU module for the residual sum.
+
+    The stock block calls ``self.relu`` twice (after ``bn1`` and after the sum), so one
+    output quantizer cannot follow it. Same computation, same state dict.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu_out(out + identity)
+
+
+class _BottleneckOwnReLUs(Bottleneck):
+    """Torchvision's ``Bottleneck`` with one ReLU module per call (see ``_BasicBlockOwnReLUs``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _insert_child(parent: nn.Module, after: str, name: str, module: nn.Module) -> None:
+    """Register ``module`` as ``parent.<name>`` right after child ``after`` (keeps the order
+    :func:`norm_activations` reads)."""
+    children = list(parent._modules.items())
+    parent._modules.clear()
+    for key, child in children:
+        parent._modules[key] = child
+        if key == after:
+            parent._modules[name] = module
+
+
+def split_reused_activations(model: nn.Module) -> int:
+    """Give every torchvision ResNet block one ReLU module per call, in place.
+
+    Torchvision's ``BasicBlock``/``Bottleneck`` reuse one ``relu`` module after the batch norms
+    and after the residual sum, so :func:`norm_activations` must leave it out and the block's
+    inner ReLU stays a float op between two quantizations in the deployed graph. The blocks
+    are re-classed (no weights change, no state-dict key changes) so that each batch norm's
+    ReLU is its own module, registered right after it.
+
+    Why by hand: the blocks' ``forward`` is fixed code; neither Brevitas nor torchvision
+    offers a way to un-share a module.
+
+    Returns:
+        The number of blocks changed.
+    """
+    changed = 0
+    for block in model.modules():
+        if type(block) is BasicBlock:
+            block.__class__ = _BasicBlockOwnReLUs
+            block.add_module("relu_out", copy.deepcopy(block.relu))
+        elif type(block) is Bottleneck:
+            block.__class__ = _BottleneckOwnReLUs
+            _insert_child(block, "bn1", "relu1", copy.deepcopy(block.relu))
+            _insert_child(block, "bn2", "relu2", copy.deepcopy(block.relu))
+        else:
+            continue
+        changed += 1
+    return changed
 
 
 #: Activations an output quantizer may follow: they map a batch norm's output to a range
