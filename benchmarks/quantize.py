@@ -303,8 +303,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--quant-after-activation",
-        action="store_true",
-        help="QAT output quantizers after each conv's ReLU/ReLU6 (QATConfig)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="QAT output quantizers after each conv's ReLU/ReLU6 (QATConfig; default on)",
     )
     parser.add_argument(
         "--limit-batches", type=int, default=None, help="smoke test: QAT batches per epoch"

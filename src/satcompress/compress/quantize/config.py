@@ -96,7 +96,11 @@ class QATConfig(Config):
             that directly follows its batch norm (torchvision's ``Conv2dNormActivation``)
             instead of before it: the 256 levels then cover only the values the next layer
             sees (after the batch norm, about half of them are negative and zeroed), and
-            ONNX Runtime can drop the clamp into the int8 convolution.
+            ONNX Runtime can drop the clamp into the int8 convolution. In torchvision ResNet
+            blocks (whose shared ReLU is first split into one module per call) the ReLU after
+            each residual sum gets an output quantizer too, so the sum runs as ``QLinearAdd``
+            and the deployed graph is integer end to end. On by default; off puts every output
+            quantizer after its batch norm (the placement of results before 2026-12-02).
         epochs: QAT epochs.
         lr: Peak learning rate; None = a tenth of the training recipe's.
         weight_scale: Weight scale initialisation below 8 bits: ``mse`` (learned, initialised by
@@ -113,7 +117,7 @@ class QATConfig(Config):
     first_last: str = "8bit"
     depthwise_bits: int | None = None
     output_quant: bool = True
-    quant_after_activation: bool = False
+    quant_after_activation: bool = True
     epochs: int = 3
     lr: float | None = None
     weight_scale: str = "mse"

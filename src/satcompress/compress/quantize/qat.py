@@ -8,7 +8,9 @@ another layer's quantized output: :func:`layers_fed_by`). Batch norms are kept a
 train as usual; :mod:`satcompress.compress.quantize.export` folds them into the per-channel
 weight scales, which leaves the integer weights exact. With ``output_quant`` (default) each
 convolution's output is also quantized after its batch norm, which is what ONNX Runtime needs
-to run the convolution with int8 kernels (``QLinearConv``) instead of in float.
+to run the convolution with int8 kernels (``QLinearConv``) instead of in float. Torchvision
+ResNet blocks first get one ReLU module per call (:func:`split_reused_activations`), so that
+with ``quant_after_activation`` every ReLU, the residual ones included, has its own quantizer.
 
 :func:`qat` calibrates the activation ranges, then fine-tunes with
 :func:`satcompress.train.train` (optionally distilling from the full-precision model);
@@ -300,8 +302,10 @@ class _BottleneckOwnReLUs(Bottleneck):
 
 
 def _insert_child(parent: nn.Module, after: str, name: str, module: nn.Module) -> None:
-    """Register ``module`` as ``parent.<name>`` right after child ``after`` (keeps the order
-    :func:`norm_activations` reads)."""
+    """Register ``module`` as ``parent.<name>`` right after child ``after``.
+
+    :func:`norm_activations` reads the registration order.
+    """
     children = list(parent._modules.items())
     parent._modules.clear()
     for key, child in children:
@@ -350,8 +354,9 @@ def norm_activations(model: nn.Module, norms: set[str], probe: torch.Tensor) -> 
 
     Only an activation module registered right after the norm, called once per forward pass
     and on exactly that norm's output (torchvision's ``Conv2dNormActivation``). A module
-    reused elsewhere (ResNet's ``relu`` also runs after the residual sum) would share one
-    quantizer between two tensors, so it is left out.
+    reused elsewhere (a stock ResNet block's ``relu`` also runs after the residual sum, until
+    :func:`split_reused_activations`) would share one quantizer between two tensors, so it
+    is left out.
     """
     candidates = {}
     for parent_name, parent in model.named_modules():
