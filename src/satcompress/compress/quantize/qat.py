@@ -513,7 +513,9 @@ def load_qat_model(run_dir: str | Path) -> tuple[nn.Module, InputSpec, dict[str,
     spec = InputSpec.from_dict(source["input"])
     base = create_model(source["model"], int(source["num_classes"]), **source["model_kwargs"])
     probe = torch.zeros(2, 3, *(spec.size or tuple(source["image_size"])))
-    model, _ = prepare_qat(base, QATConfig.from_dict(settings["qat"]), probe)
+    # Runs saved before quant_after_activation existed placed every quantizer on the norms.
+    saved = {"quant_after_activation": False, **settings["qat"]}
+    model, _ = prepare_qat(base, QATConfig.from_dict(saved), probe)
     calibrate(model, [probe])  # builds the lazily initialised quantizer state
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), spec, settings
