@@ -19,8 +19,14 @@ atomically after each):
   benchmarks do, with a 0.3 s pause before each file's block (one session's spinning worker
   threads go idle before the next is timed), and with ORT's thread spinning off;
 * ``ort-profile``: ONNX Runtime's own profiler on the files named by ``--profile``: kernel
-  time per operator type and per convolution at 1 and 2 threads, batch 1 and 64 (which
-  kernels gain from the second thread).
+  time per operator type and per kind of convolution (stem, depthwise, pointwise, full) at 1
+  and 2 threads, batch 1 and 64 (which kernels gain from int8 and from the second thread);
+* ``ort-profile-untrained``: the same on fp32 and PTQ int8 files of the untrained models
+  named by ``--profile-models`` (kernel times do not depend on the weights' values, so this
+  needs no trained run);
+* ``runtimes-untrained``: the int8 / fp32 latency ratio of those files in ONNX Runtime and
+  in OpenVINO (``pip install -e ".[openvino]"``), the four timed in interleaved rounds: is
+  the ratio set by the file or by the runtime's kernels?
 
 ``--jobs`` runs only the named measurements (e.g. the timing ones on a quiet machine).
 
@@ -35,6 +41,8 @@ atomically after each):
     python benchmarks/diagnostics.py --latency-pair $R-onnx/fp32.onnx $R-ptq/model_int8.onnx
     python benchmarks/diagnostics.py --jobs ort-profile --profile $R-onnx/fp32.onnx \
         $R-ptq/model_int8.onnx
+    python benchmarks/diagnostics.py --jobs ort-profile-untrained runtimes-untrained \
+        --profile-models mobilenet_v2 resnet18
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ import torch
 
 import satcompress as sc
 from baseline import benchmark_parser, load_eurosat
+from satcompress.artifact.onnx import make_session, run_session
 from satcompress.compress.quantize import QATConfig, calibrate, prepare_qat, pytorch_accuracy
 from satcompress.compress.quantize.qat import _calibration_batches, load_qat_model
 from satcompress.evaluate.profile import cpu_description
@@ -238,26 +247,159 @@ def _profiled_kernel_us(path: Path, threads: int, batch: int, runs: int) -> dict
     return totals
 
 
+class _OpenVINOSession:
+    """An OpenVINO CPU model behind the two ``InferenceSession`` calls the timers use.
+
+    fp32 stays fp32 (OpenVINO would otherwise run it in bf16 on CPUs that have it); the
+    batch is fixed at compile time, as OpenVINO prefers.
+    """
+
+    def __init__(self, path: Path, threads: int, batch: int) -> None:
+        import openvino  # optional: only this measurement needs it
+
+        core = openvino.Core()
+        model = core.read_model(str(path))
+        self._name = model.inputs[0].get_any_name()
+        self._shape = [batch, *(d.get_length() for d in model.inputs[0].get_partial_shape()[1:])]
+        model.reshape({self._name: self._shape})
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "f32"}  # fmt: skip
+        self._request = core.compile_model(model, "CPU", config).create_infer_request()
+
+    def get_inputs(self) -> list:
+        """The input's name and shape, as ``InferenceSession.get_inputs`` gives them."""
+        return [type("Input", (), {"name": self._name, "shape": self._shape})]
+
+    def run(self, _outputs, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Logits for the fed batch."""
+        return [self._request.infer(feed)[0]]
+
+
+def runtime_comparison(graphs: list[Path], rounds: int = 5) -> dict:
+    """int8 / fp32 latency in ONNX Runtime and in OpenVINO, all four timed interleaved.
+
+    ``graphs`` alternate fp32 and int8 files of the same model (as
+    :func:`untrained_graphs` returns them). Top-1 agreement of OpenVINO with ONNX Runtime
+    on random images shows both run the same computation.
+    """
+    import openvino
+
+    out = {}
+    for fp32, int8 in zip(graphs[::2], graphs[1::2], strict=True):
+        rows = []
+        for threads in (2, 1):
+            for batch, runs in ((1, 100), (64, 10)):
+                sessions = {
+                    "ort-fp32": _timed_session(fp32, threads, spinning=True),
+                    "ort-int8": _timed_session(int8, threads, spinning=True),
+                    "openvino-fp32": _OpenVINOSession(fp32, threads, batch),
+                    "openvino-int8": _OpenVINOSession(int8, threads, batch),
+                }
+                m = {k: float(np.median(v)) for k, v in
+                     _interleaved_medians(sessions, batch, runs, 0.0, rounds).items()}  # fmt: skip
+                ratios = {f"{rt}_ratio": round(m[f"{rt}-fp32"] / m[f"{rt}-int8"], 2)
+                          for rt in ("ort", "openvino")}  # fmt: skip
+                times = {f"{k}_ms": round(v, 4) for k, v in m.items()}
+                rows.append({"threads": threads, "batch": batch, **times, **ratios})
+                print(fp32.name, rows[-1])
+        shape = _OpenVINOSession(fp32, 1, 64).get_inputs()[0].shape
+        images = np.random.default_rng(1).integers(0, 256, shape, np.uint8)
+        agree = {}
+        for kind, path in (("fp32", fp32), ("int8", int8)):
+            ov_top1 = _OpenVINOSession(path, 1, 64).run(None, {"image": images})[0].argmax(1)
+            ort_top1 = run_session(make_session(path, 1), images).argmax(1)
+            agree[kind] = float((ov_top1 == ort_top1).mean())
+        out[fp32.name.removesuffix("-fp32.onnx")] = {"rows": rows, "top1_agreement": agree}
+    return {"rounds": rounds, "openvino": openvino.__version__, "models": out}
+
+
+def _conv_kinds(path: Path) -> dict[str, str]:
+    """Kind of each convolution in ORT's optimised graph, by node name.
+
+    ``stem`` (3 input channels), ``depthwise`` (one input channel per group), ``pointwise``
+    (1x1) or ``full``; the weight is read from the fp32 ``Conv`` or the int8 ``QLinearConv``.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    shapes = {init.name: list(init.dims) for init in graph.initializer}
+    kinds = {}
+    for node in graph.node:
+        if node.op_type not in ("Conv", "QLinearConv"):
+            continue
+        weight = shapes[node.input[3] if node.op_type == "QLinearConv" else node.input[1]]
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if weight[1] == 3 and group == 1:
+            kinds[node.name] = "stem"
+        elif group > 1 and weight[1] == 1:
+            kinds[node.name] = "depthwise"
+        else:
+            kinds[node.name] = "pointwise" if weight[2:] == [1, 1] else "full"
+    return kinds
+
+
+def _summed(per_node: dict[int, dict[str, float]], key_of) -> dict[str, dict[str, float]]:
+    """Per-node times at each thread count summed by ``key_of(node key)`` (None = skipped)."""
+    out: dict[str, dict[str, float]] = {}
+    for threads, nodes in per_node.items():
+        for node, us in nodes.items():
+            key = key_of(node)
+            if key is not None:
+                entry = out.setdefault(key, {"1": 0.0, "2": 0.0})
+                entry[str(threads)] = round(entry[str(threads)] + us, 1)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["1"]))
+
+
 def ort_profile(graphs: list[Path]) -> dict:
-    """Kernel time per op type and per convolution, 1 and 2 threads, batch 1 and 64."""
+    """Kernel time per op type and per kind of convolution, 1 and 2 threads, batch 1 and 64."""
     out = {}
     for graph in graphs:
+        kinds = _conv_kinds(graph)
         for batch, runs in ((1, 300), (64, 20)):
             per_node = {t: _profiled_kernel_us(graph, t, batch, runs) for t in (1, 2)}
-            by_op: dict[str, dict[str, float]] = {}
-            for threads, nodes in per_node.items():
-                for key, us in nodes.items():
-                    op = by_op.setdefault(key.split(" ")[0], {"1": 0.0, "2": 0.0})
-                    op[str(threads)] += us
-            convs = {key.split(" ", 1)[1]: {"1": round(us, 1), "2": round(per_node[2][key], 1)}
-                     for key, us in per_node[1].items() if "Conv" in key}  # fmt: skip
+            by_op = _summed(per_node, lambda key: key.split(" ")[0])
+            by_kind = _summed(per_node, lambda key, k=kinds: k.get(key.split(" ", 1)[1]))
             out[f"{graph} bs{batch}"] = {
-                "us_per_run_by_op": {k: {t: round(v, 1) for t, v in d.items()}
-                                     for k, d in sorted(by_op.items(), key=lambda kv: -kv[1]["1"])},
-                "us_per_run_by_conv": convs,
-            }  # fmt: skip
-            print(graph, batch, out[f"{graph} bs{batch}"]["us_per_run_by_op"])
+                "us_per_run_by_op": by_op,
+                "us_per_run_by_conv_kind": by_kind,
+            }
+            print(graph, batch, by_kind, by_op)
     return {"runs": {"bs1": 300, "bs64": 20}, "profiles": out}
+
+
+def untrained_graphs(models: list[str], folder: Path, size: int = 64) -> list[Path]:
+    """fp32 and PTQ int8 ONNX files of untrained EuroSAT-shaped models, for kernel timing.
+
+    Kernel times do not depend on the weights' values, so these stand in for the trained
+    files when none is at hand. Batch-norm statistics come from a few random batches, and
+    calibration uses random images.
+    """
+    from satcompress.artifact.onnx import export_onnx
+    from satcompress.compress.quantize import PTQConfig, quantize_onnx
+    from satcompress.preprocess import InputSpec
+
+    paths = []
+    images = np.random.default_rng(0).integers(0, 256, (64, 3, size, size), np.uint8)
+    for name in models:
+        torch.manual_seed(0)
+        model = sc.create_model(name, num_classes=10).train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(32, 3, size, size))
+        fp32 = export_onnx(model.eval(), InputSpec(), (size, size), folder / f"{name}-fp32.onnx")
+        paths += [fp32, quantize_onnx(fp32, folder / f"{name}-int8.onnx", images, PTQConfig())]
+    return paths
+
+
+def _untrained(measure, models: list[str], size: int) -> dict:
+    """``measure`` on the fp32 and int8 files of untrained ``models`` (file names as keys)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = measure(untrained_graphs(models, Path(tmp), size))
+    if "profiles" in result:
+        result["profiles"] = {Path(k).name: v for k, v in result["profiles"].items()}
+    return {"model_names": models, "image_size": size, **result}
 
 
 def main() -> None:
@@ -268,6 +410,12 @@ def main() -> None:
     parser.add_argument("--graphs", nargs="*", type=Path, default=[], help="ONNX files")
     parser.add_argument("--latency-pair", nargs=2, type=Path, help="fp32 and int8 ONNX files")
     parser.add_argument("--profile", nargs="*", type=Path, default=[], help="ONNX files")
+    parser.add_argument(
+        "--profile-models", nargs="*", default=[], help="profile untrained fp32/int8 graphs"
+    )
+    parser.add_argument(
+        "--profile-size", type=int, default=64, help="their input size (jobs named -SIZEpx)"
+    )
     parser.add_argument("--jobs", nargs="*", help="only these measurements (default: all)")
     args = parser.parse_args()
     done = read_json(args.out) if args.out.is_file() else {}
@@ -292,6 +440,14 @@ def main() -> None:
         jobs["latency-threads"] = lambda: latency_threads(*args.latency_pair)
     if args.profile:
         jobs["ort-profile"] = lambda: ort_profile(args.profile)
+    if args.profile_models:
+        suffix = "" if args.profile_size == 64 else f"-{args.profile_size}px"
+        jobs[f"ort-profile-untrained{suffix}"] = lambda: _untrained(
+            ort_profile, args.profile_models, args.profile_size
+        )
+        jobs[f"runtimes-untrained{suffix}"] = lambda: _untrained(
+            runtime_comparison, args.profile_models, args.profile_size
+        )
     unknown = set(args.jobs or []) - set(jobs)
     if unknown:
         raise SystemExit(f"--jobs: {sorted(unknown)} not among {sorted(jobs)} (check the inputs)")
