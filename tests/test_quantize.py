@@ -71,10 +71,10 @@ def _randomize_bn(model):
     return model
 
 
-def _qat_model(name, bits, images, **config):
+def _qat_model(name, bits, images, model_kwargs=None, **config):
     torch.manual_seed(0)
     kwargs = {"img_size": 32} if name == "test_vit" else {}
-    model = _randomize_bn(create_model(name, 10, **kwargs).eval())
+    model = _randomize_bn(create_model(name, 10, **kwargs, **(model_kwargs or {})).eval())
     x = Preprocess(SPEC)(torch.from_numpy(images))
     qat_model, layer_bits = prepare_qat(model, QATConfig(bits=bits, **config), x[:2])
     calibrate(qat_model, [x])
@@ -316,9 +316,12 @@ def test_splitting_reused_resnet_relus_keeps_outputs_and_state_dict(block):
     assert split_reused_activations(module) == 0  # already split
 
 
-def test_output_quantizers_after_activations_make_a_resnet_integer_end_to_end(tmp_path):
+@pytest.mark.parametrize("stem_pool", [False, True])
+def test_output_quantizers_after_activations_make_a_resnet_integer_end_to_end(tmp_path, stem_pool):
     images = _images(32)
-    model, layer_bits, x = _qat_model("test_resnet", 8, images, quant_after_activation=True)
+    model, layer_bits, x = _qat_model(
+        "test_resnet", 8, images, {"stem_pool": stem_pool}, quant_after_activation=True
+    )
     quantizers = set(output_quantizers(model))
     # Each ReLU runs once now, right after its norm: the quantizer moves behind it.
     assert {"stem.2.1", "layer1.relu.1", "layer2.relu.1"} <= quantizers
@@ -333,7 +336,10 @@ def test_output_quantizers_after_activations_make_a_resnet_integer_end_to_end(tm
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
     assert ops.count("QLinearConv") == 6 and ops.count("QLinearAdd") == 2
-    assert not {"Relu", "Add", "Conv"} & set(ops)  # no float op left inside the blocks
+    # No float op left inside the blocks: with a max pool after the stem (read by the first
+    # block's conv and by its residual sum), the pool runs on the quantized values too.
+    assert not {"Relu", "Add", "Conv", "ReorderInput"} & set(ops)
+    assert ops.count("MaxPool") + ops.count("NhwcMaxPool") == int(stem_pool)
     with torch.no_grad():
         reference = model(x).numpy()
     _assert_matches(run_session(make_session(path, 1), images), reference, exact=False)

@@ -46,10 +46,11 @@ def test_cnn(num_classes: int, pretrained: bool = False, width: int = 16) -> nn.
 class _TinyResNet(nn.Module):
     """Stem + two torchvision BasicBlocks (one with a strided 1x1 projection) + linear."""
 
-    def __init__(self, num_classes: int, width: int = 8) -> None:
+    def __init__(self, num_classes: int, width: int = 8, stem_pool: bool = False) -> None:
         super().__init__()
         w = width
-        self.stem = nn.Sequential(*_conv_bn_relu(3, w))
+        pool = [nn.MaxPool2d(3, stride=2, padding=1)] if stem_pool else []
+        self.stem = nn.Sequential(*_conv_bn_relu(3, w), *pool)
         down = nn.Sequential(nn.Conv2d(w, 2 * w, 1, stride=2, bias=False), nn.BatchNorm2d(2 * w))
         self.layer1 = BasicBlock(w, w)
         self.layer2 = BasicBlock(w, 2 * w, stride=2, downsample=down)
@@ -63,11 +64,16 @@ class _TinyResNet(nn.Module):
 
 
 @register_model("test_resnet", family="test")
-def test_resnet(num_classes: int, pretrained: bool = False, width: int = 8) -> nn.Module:
-    """Tiny residual net with identity and projection skips (for pruning tests)."""
+def test_resnet(
+    num_classes: int, pretrained: bool = False, width: int = 8, stem_pool: bool = False
+) -> nn.Module:
+    """Tiny residual net with identity and projection skips (for pruning tests).
+
+    ``stem_pool`` adds a 3x3 stride-2 max pool after the stem, as in torchvision's ResNets.
+    """
     if pretrained:
         raise _no_pretrained("test_resnet")
-    return _TinyResNet(num_classes, width=width)
+    return _TinyResNet(num_classes, width=width, stem_pool=stem_pool)
 
 
 @register_model("test_mobilenet", family="test")

@@ -12,8 +12,8 @@ Steps: every Brevitas layer becomes a small module applying ``fake_quantize`` op
 as ``QuantizeLinear``/``DequantizeLinear``) with the trained scales and zero points; the graph
 is exported with :func:`satcompress.artifact.export_onnx`; then each constant weight's
 ``QuantizeLinear`` is replaced by its int8 result, a ``Transpose`` behind a weight's
-``DequantizeLinear`` is folded into the stored integers, and each ``Conv -> BatchNormalization``
-is folded as above.
+``DequantizeLinear`` is folded into the stored integers, each ``Conv -> BatchNormalization``
+is folded as above, and each max pool of quantized values is requantized on the same grid.
 """
 
 from __future__ import annotations
@@ -201,6 +201,7 @@ def export_qat_onnx(
     editor.fold_transposes()
     editor.fold_batch_norms()
     editor.split_conv_biases(through_activations=_quantizes_after_activations(model))
+    editor.requantize_max_pools()
     editor.finish()
     wanted = {n for n, b in layer_bits.items() if b is not None and n in quant_layers(model)}
     missing = wanted - set(layers.values())
@@ -358,6 +359,40 @@ class _QDQEditor:
             conv.input[2] = name
         self.set_init(name, folded.astype(np.float32))
         self._bypass(bn, conv.output[0])
+
+    def requantize_max_pools(self) -> None:
+        """``DQ(s, z) -> MaxPool`` gets ``Q(s, z) -> DQ(s, z)`` behind the pool.
+
+        A max pool keeps its input's quantization grid, so the pair changes no value. Without
+        it, a pool read by a residual sum as well as by a quantized convolution (the stem of
+        torchvision's ResNets) leaves ONNX Runtime a float island: the pool, the sum and the
+        layout conversions around them. With it, ORT pools the uint8 values and the sum
+        becomes a ``QLinearAdd``.
+        """
+        for pool in [n for n in self._nodes() if n.op_type == "MaxPool"]:
+            dq = self.producer(pool.input[0])
+            if dq is None or dq.op_type != "DequantizeLinear" or len(pool.output) != 1:
+                continue
+            if not self._is_scalar_constant(dq.input[1]):  # per-tensor activations only
+                continue
+            output = pool.output[0]
+            pool.output[0] = f"{output}_pooled"
+            params = list(dq.input[1:])
+            q = onnx.helper.make_node(
+                "QuantizeLinear", [pool.output[0], *params], [f"{output}_q"], name=f"{pool.name}_q"
+            )
+            dq_after = onnx.helper.make_node(
+                "DequantizeLinear", [q.output[0], *params], [output], name=f"{pool.name}_dq"
+            )
+            index = list(self.graph.node).index(pool)
+            self.graph.node.insert(index + 1, dq_after)
+            self.graph.node.insert(index + 1, q)
+
+    def _is_scalar_constant(self, name: str) -> bool:
+        try:
+            return self.array(name).size == 1
+        except KeyError:
+            return False
 
     def split_conv_biases(self, through_activations: bool = False) -> None:
         """Conv(x, DQ(w), b) becomes Add(Conv(x, DQ(w)), b) unless a QuantizeLinear follows.
