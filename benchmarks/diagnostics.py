@@ -361,9 +361,11 @@ def ort_profile(graphs: list[Path]) -> dict:
             per_node = {t: _profiled_kernel_us(graph, t, batch, runs) for t in (1, 2)}
             by_op = _summed(per_node, lambda key: key.split(" ")[0])
             by_kind = _summed(per_node, lambda key, k=kinds: k.get(key.split(" ", 1)[1]))
+            by_conv = _summed(per_node, lambda key: key.split(" ", 1)[1] if "Conv" in key else None)
             out[f"{graph} bs{batch}"] = {
                 "us_per_run_by_op": by_op,
                 "us_per_run_by_conv_kind": by_kind,
+                "us_per_run_by_conv": by_conv,
             }
             print(graph, batch, by_kind, by_op)
     return {"runs": {"bs1": 300, "bs64": 20}, "profiles": out}
