@@ -302,11 +302,12 @@ def runtime_comparison(graphs: list[Path], rounds: int = 5) -> dict:
                 times = {f"{k}_ms": round(v, 4) for k, v in m.items()}
                 rows.append({"threads": threads, "batch": batch, **times, **ratios})
                 print(fp32.name, rows[-1])
-        shape = _OpenVINOSession(fp32, 1, 64).get_inputs()[0].shape
-        images = np.random.default_rng(1).integers(0, 256, shape, np.uint8)
         agree = {}
         for kind, path in (("fp32", fp32), ("int8", int8)):
-            ov_top1 = _OpenVINOSession(path, 1, 64).run(None, {"image": images})[0].argmax(1)
+            session = _OpenVINOSession(path, 1, 64)
+            shape = session.get_inputs()[0].shape
+            images = np.random.default_rng(1).integers(0, 256, shape, np.uint8)
+            ov_top1 = session.run(None, {"image": images})[0].argmax(1)
             ort_top1 = run_session(make_session(path, 1), images).argmax(1)
             agree[kind] = float((ov_top1 == ort_top1).mean())
         out[fp32.name.removesuffix("-fp32.onnx")] = {"rows": rows, "top1_agreement": agree}
