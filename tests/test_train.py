@@ -161,6 +161,8 @@ def test_cutmix_mixup_training_learns_with_soft_targets(eurosat_root, dataset, t
         (dict(warmup=1.5), "warmup"),
         (dict(ema_decay=1.0), "ema_decay"),
         (dict(norm_bias_weight_decay=-1e-4), "norm_bias_weight_decay must be >= 0"),
+        (dict(train_input_size=4), "train_input_size must be >= 8"),
+        (dict(train_input_fraction=1.0), "train_input_fraction must be in"),
     ],
 )
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, overrides, message):
@@ -198,3 +200,25 @@ def test_command_line_key_values_parse_numbers_yaml_leaves_strings():
     config = train_config_from_args(build_parser().parse_args(argv))
     assert config.model_kwargs == {"width_mult": 0.5}  # YAML 1.1 alone gives "5e-1"
     assert (config.augment.shift, config.augment.hflip) == (4, False)
+
+
+def test_progressive_resizing_trains_first_epochs_larger_then_at_the_model_input(
+    eurosat_root, dataset, tmp_path
+):
+    native = tuple(dataset.splits["train"].images.shape[-2:])
+    seen = []
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 10),
+    )  # fmt: skip
+    model.register_forward_pre_hook(
+        lambda m, args: seen.append((m.training, tuple(args[0].shape[-2:])))
+    )
+    big = native[0] + 16
+    cfg = _config(eurosat_root, epochs=3, train_input_size=big, train_input_fraction=0.6)
+    train(cfg, tmp_path / "prog", model=model, dataset=dataset, progress=False)
+    train_sizes = [size for training, size in seen if training]
+    per_epoch = len(train_sizes) // 3
+    assert train_sizes[: 2 * per_epoch] == [(big, big)] * (2 * per_epoch)
+    assert train_sizes[2 * per_epoch :] == [native] * per_epoch
+    assert {size for training, size in seen if not training} == {native}

@@ -31,6 +31,10 @@ class TrainConfig(Config):
         download: Download the official archive into ``data_dir`` if it is missing.
         image_size: Decode resolution of the dataset (``None`` = dataset default).
         input_size: Model input resolution (``None`` = the decode resolution).
+        train_input_size: Progressive resizing: the first ``train_input_fraction`` of the
+            epochs train on batches resized (bilinear) to this resolution; the rest, and
+            every evaluation and export, use ``input_size``. ``None`` = off.
+        train_input_fraction: Fraction of the epochs trained at ``train_input_size``.
         normalize: ``dataset`` (train-split statistics), ``imagenet``, ``model`` (the model's
             pretrained statistics) or ``custom`` (``mean`` and ``std``).
         mean: Per-channel mean for ``normalize="custom"``.
@@ -75,6 +79,8 @@ class TrainConfig(Config):
     download: bool = False
     image_size: int | None = None
     input_size: int | None = None
+    train_input_size: int | None = None
+    train_input_fraction: float = 0.7
     normalize: str = "dataset"
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
@@ -136,6 +142,12 @@ class TrainConfig(Config):
             raise ConfigError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         if self.limit_batches is not None and self.limit_batches < 1:
             raise ConfigError(f"limit_batches must be >= 1, got {self.limit_batches}")
+        if self.train_input_size is not None and self.train_input_size < 8:
+            raise ConfigError(f"train_input_size must be >= 8 pixels, got {self.train_input_size}")
+        if not 0 < self.train_input_fraction < 1:
+            raise ConfigError(
+                f"train_input_fraction must be in (0, 1), got {self.train_input_fraction}"
+            )
         if self.pretrained and self.weights:
             raise ConfigError("give either pretrained=True or weights=FILE, not both")
 

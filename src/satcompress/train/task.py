@@ -92,8 +92,21 @@ class ClassificationTask(L.LightningModule):
         """Logits for a uint8 batch."""
         return self.model(self._prepare(images))
 
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        return self.preprocess(images).contiguous(memory_format=self._memory_format)
+    def _prepare(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        x = self.preprocess(images)
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", align_corners=False, antialias=False
+            )
+        return x.contiguous(memory_format=self._memory_format)
+
+    def _training_size(self) -> int | None:
+        """Progressive resizing: the training resolution of the current epoch (None = model's)."""
+        cfg = self.config
+        if cfg.train_input_size is None:
+            return None
+        resized_epochs = round(cfg.train_input_fraction * cfg.epochs)
+        return cfg.train_input_size if self.current_epoch < resized_epochs else None
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
@@ -104,7 +117,7 @@ class ClassificationTask(L.LightningModule):
         targets = labels
         if self.mix is not None:
             images, targets = self.mix(images, labels)
-        logits = self.model(self._prepare(images))
+        logits = self.model(self._prepare(images, self._training_size()))
         loss = self.loss(logits, targets, images)
         if not torch.isfinite(loss):
             raise FloatingPointError(
