@@ -66,13 +66,18 @@ class Preprocess(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("inv_std", 1.0 / (torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalise and, if needed, resize a batch of images."""
+    def forward(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Normalise and, if needed, resize a batch of images.
+
+        Args:
+            images: uint8 (B, 3, H, W) batch.
+            size: Resolution to resize to instead of the model's (progressive resizing in
+                training); ``None`` = the model's.
+        """
         x = (images.float() - self.mean) * self.inv_std
-        if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(
-                x, size=self.size, mode="bilinear", align_corners=False, antialias=False
-            )
+        size = size or self.size
+        if size is not None and tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
         return x
 
 

@@ -92,21 +92,17 @@ class ClassificationTask(L.LightningModule):
         """Logits for a uint8 batch."""
         return self.model(self._prepare(images))
 
-    def _prepare(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
-        x = self.preprocess(images)
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = nn.functional.interpolate(
-                x, size=(size, size), mode="bilinear", align_corners=False, antialias=False
-            )
-        return x.contiguous(memory_format=self._memory_format)
+    def _prepare(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.preprocess(images, size).contiguous(memory_format=self._memory_format)
 
-    def _training_size(self) -> int | None:
+    def _training_size(self) -> tuple[int, int] | None:
         """Progressive resizing: the training resolution of the current epoch (None = model's)."""
         cfg = self.config
         if cfg.train_input_size is None:
             return None
         resized_epochs = round(cfg.train_input_fraction * cfg.epochs)
-        return cfg.train_input_size if self.current_epoch < resized_epochs else None
+        size = cfg.train_input_size
+        return (size, size) if self.current_epoch < resized_epochs else None
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
