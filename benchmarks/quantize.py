@@ -7,6 +7,8 @@ Writes ``results/quantize.json``: one record per variant in the shared schema pl
 * ``<model>-ort-default``: ONNX Runtime ``quantize_static`` with default settings;
 * ``<model>-nncf-default``: NNCF PTQ with default settings (if ``nncf`` is installed);
 * ``<model>-ptq-int8``: satcompress PTQ (its artifact);
+* ``<model>-ptq-int8-w7`` (``--ptq-7bit``): the same with 7-bit weights (``reduce_range``),
+  which ONNX Runtime runs on its fast kernels exactly on x86 CPUs without VNNI too;
 * ``<model>-qat-w<b>``: satcompress QAT at ``b`` bits (ResNet-18: 8, 4, 3, 2, 1;
   MobileNetV2: 8, 4, 2), ``--qat-epochs`` epochs each; a diverged run is recorded with
   ``status: diverged`` (its artifact holds the last good checkpoint);
@@ -116,8 +118,8 @@ def _onnx_row(path: Path, trained, dataset, model: str, stage: str, work: Path) 
     )
 
 
-def ptq_row(run: Path, dataset, model: str, out: Path) -> dict:
-    result = quantize(run, "ptq", run_dir=out, config=PTQConfig(), dataset=dataset)
+def ptq_row(run: Path, dataset, model: str, out: Path, config: PTQConfig | None = None) -> dict:
+    result = quantize(run, "ptq", run_dir=out, config=config or PTQConfig(), dataset=dataset)
     return result.record
 
 
@@ -192,7 +194,7 @@ def sparse_row(qat_run: Path, dataset, model: str, out: Path) -> dict:
 def _table_order(record: dict) -> tuple:
     """fp32, the plain tools, PTQ, then QAT from 8 bits down (each dense, then sparse)."""
     stage = record["id"].removeprefix(f"{record['model']}-")
-    fixed = {"fp32": 0, "ort-default": 1, "nncf-default": 2, "ptq-int8": 3}
+    fixed = {"fp32": 0, "ort-default": 1, "nncf-default": 2, "ptq-int8": 3, "ptq-int8-w7": 4}
     if stage in fixed:
         return record["model"], fixed[stage]
     bits = int(stage.split("-")[1].removeprefix("w"))
@@ -258,6 +260,13 @@ def run_model(model: str, args: argparse.Namespace, records: RecordList, dataset
     records.get_or_run(
         f"{model}-ptq-int8", lambda: ptq_row(run, dataset, model, root / f"{key}-ptq")
     )
+    if args.ptq_7bit:  # fast and exact on x86 CPUs without VNNI (PTQConfig.reduce_range)
+        records.get_or_run(
+            f"{model}-ptq-int8-w7",
+            lambda: ptq_row(
+                run, dataset, model, root / f"{key}-ptq-w7", PTQConfig(reduce_range=True)
+            ),
+        )
     for bits in [b for b in BITS[model] if not args.bits or b in args.bits]:
         config = qat_config(model, bits, args)
         out = root / f"{key}{qat_run_name(config, args)}"
@@ -311,6 +320,11 @@ def main() -> None:
         "--limit-batches", type=int, default=None, help="smoke test: QAT batches per epoch"
     )
     parser.add_argument("--kd", action="store_true", help="QAT distils from the fp32 model")
+    parser.add_argument(
+        "--ptq-7bit",
+        action="store_true",
+        help="add a PTQ row with 7-bit weights (reduce_range): no uint8 fallback without VNNI",
+    )
     parser.add_argument("--calibration-images", type=int, default=512)
     args = parser.parse_args()
     if baseline.report_only(args, markdown_table):

@@ -139,6 +139,42 @@ def test_ptq_auto_uses_dynamic_int8_for_vit_linear_layers(tmp_path):
     assert np.abs(quantized - reference).mean() / np.abs(reference).mean() < 0.05
 
 
+def _int8_weight_extremes(path):
+    """The largest |value| of each int8 initializer of more than 64 values (the weights)."""
+    from onnx import numpy_helper
+
+    return [
+        int(np.abs(numpy_helper.to_array(t).astype(np.int32)).max())
+        for t in onnx.load(str(path)).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and np.prod(t.dims) > 64
+    ]
+
+
+@pytest.mark.parametrize(
+    "mode, reduce_range, limit",
+    [("dynamic", True, 64), ("dynamic", False, 127), ("static", True, 64), ("static", False, 127)],
+)
+def test_ptq_reduce_range_keeps_weights_where_int8_kernels_cannot_saturate(
+    tmp_path, mode, reduce_range, limit
+):
+    torch.manual_seed(0)
+    name, kwargs = ("test_vit", {"img_size": 32}) if mode == "dynamic" else ("test_cnn", {})
+    model = create_model(name, 10, **kwargs).eval()
+    fp32 = export_onnx(model, SPEC, (32, 32), tmp_path / "fp32.onnx")
+    config = PTQConfig(mode=mode, reduce_range=reduce_range)
+    int8 = quantize_onnx(fp32, tmp_path / "int8.onnx", _images(16), config)
+    extremes = _int8_weight_extremes(int8)
+    assert extremes and max(extremes) <= limit
+    assert max(extremes) > limit // 2  # the range is used, not merely bounded
+    session = make_session(int8, 1, int8_kernels="exact")
+    assert (session.satcompress_uint8_weights > 0) is (not reduce_range)
+
+
+def test_ptq_config_rejects_a_non_boolean_reduce_range():
+    with pytest.raises(ConfigError, match="reduce_range"):
+        PTQConfig(reduce_range="yes")
+
+
 def test_ptq_end_to_end_from_a_run_directory(cnn_run, dataset, tmp_path):
     result = quantize(
         cnn_run,

@@ -20,6 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from satcompress.artifact.saturation import make_saturation_safe, resolve_policy
 from satcompress.preprocess import InputSpec, Preprocess
 from satcompress.utils.io import atomic_write_bytes
 
@@ -102,13 +103,34 @@ def _json_or_text(value: str) -> Any:
         return value
 
 
-def make_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads (default: all cores)."""
+def make_session(
+    path: str | Path, threads: int | None = None, int8_kernels: str = "auto"
+) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (default: all cores).
+
+    Args:
+        path: The ONNX file.
+        threads: Intra-op threads (default: all cores).
+        int8_kernels: ``auto`` re-encodes 8-bit weights that ONNX Runtime's kernels would
+            saturate on this CPU (x86 without VNNI) so the graph computes exactly what it
+            says; ``exact`` always does, ``native`` never (fastest, possibly wrong there).
+            See :mod:`satcompress.artifact.saturation`. The session's
+            ``satcompress_uint8_weights`` attribute counts the tensors re-encoded.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source: str | bytes = str(path)
+    rewritten = 0
+    if resolve_policy(int8_kernels):
+        model = onnx.load(str(path))
+        rewritten = make_saturation_safe(model)
+        if rewritten:
+            source = model.SerializeToString()
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session.satcompress_uint8_weights = rewritten
+    return session
 
 
 def run_session(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:

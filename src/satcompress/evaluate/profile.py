@@ -102,6 +102,8 @@ def measure_latency(
         }
     result["threads"] = session.get_session_options().intra_op_num_threads
     result["runtime"] = f"onnxruntime {ort.__version__} CPUExecutionProvider"
+    # 8-bit weight tensors run as uint8 to avoid int16 saturation on this CPU (make_session)
+    result["uint8_weight_tensors"] = getattr(session, "satcompress_uint8_weights", 0)
     result["cpu"] = cpu_description()
     return result
 

@@ -70,6 +70,7 @@ def _add_ptq_flags(parser: argparse.ArgumentParser) -> None:
     flag("calibration_images", type=int)
     flag("percentile", type=float)
     flag("per_channel", action=argparse.BooleanOptionalAction)
+    flag("reduce_range", action=argparse.BooleanOptionalAction)
     flag("equalize", action=argparse.BooleanOptionalAction)
     flag("bias_correction", action=argparse.BooleanOptionalAction)
 

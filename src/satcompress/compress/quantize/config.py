@@ -33,7 +33,10 @@ class PTQConfig(Config):
         per_channel: One weight scale per output channel (else one per tensor).
         activation_type: ``uint8`` (asymmetric, fastest on x86) or ``int8``.
         weight_type: ``int8`` or ``uint8``.
-        reduce_range: 7-bit weights (helps some CPUs without VNNI avoid saturation).
+        reduce_range: 7-bit weights (within +-64). On x86 CPUs without VNNI, ONNX
+            Runtime's fast uint8 x int8 kernels saturate with 8-bit weights, so sessions run
+            those as uint8 (exact, slower: :mod:`satcompress.artifact.saturation`); 7-bit
+            weights run on the fast kernels there, exactly, for a little precision.
         equalize: Cross-layer equalisation of Conv -> Relu -> Conv pairs before quantizing.
         bias_correction: Correct each quantized convolution's bias by the mean output shift
             measured on the calibration images.
@@ -61,6 +64,8 @@ class PTQConfig(Config):
         _choice("calibration", self.calibration, CALIBRATION_METHODS)
         _choice("activation_type", self.activation_type, INT8_TYPES)
         _choice("weight_type", self.weight_type, INT8_TYPES)
+        if not isinstance(self.reduce_range, bool):
+            raise ConfigError(f"reduce_range must be true or false, got {self.reduce_range!r}")
         if self.calibration_images < 1:
             raise ConfigError(f"calibration_images must be >= 1, got {self.calibration_images}")
         if not 50 < self.percentile <= 100:
