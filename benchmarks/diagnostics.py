@@ -24,6 +24,10 @@ atomically after each):
 * ``ort-profile-untrained``: the same on fp32 and PTQ int8 files of the untrained models
   named by ``--profile-models`` (kernel times do not depend on the weights' values, so this
   needs no trained run);
+* ``int8-kernels``: the int8 files named by ``--kernel-pairs FP32:INT8`` run by ONNX
+  Runtime's native kernels and by the exact graph ``make_session`` builds on x86 CPUs
+  without VNNI (8-bit weights as uint8): test accuracy, differing predictions, speed-ups;
+  ``int8-kernels-untrained`` does the timing on untrained ``--kernel-models``;
 * ``runtimes-untrained``: the int8 / fp32 latency ratio of those files in ONNX Runtime and
   in OpenVINO (``pip install -e ".[openvino]"``), the four timed in interleaved rounds: is
   the ratio set by the file or by the runtime's kernels?
@@ -224,6 +228,46 @@ def latency_threads(fp32: Path, int8: Path, rounds: int = 5) -> dict:
     return {"fp32": str(fp32), "int8": str(int8), "rounds": rounds, "rows": rows}
 
 
+def int8_kernels(pairs: list[tuple[Path, Path]], dataset, rounds: int = 5) -> dict:
+    """Each int8 file run by ONNX Runtime's native kernels and by the exact (uint8-weight)
+    graph that ``make_session`` builds on x86 CPUs without VNNI: test accuracy, predictions
+    that differ, and latency against its fp32 file (1 and 2 threads, interleaved rounds)."""
+    test = dataset.splits["test"]
+    images, labels = test.images.numpy(), test.labels.numpy()
+    out = {}
+    for fp32, int8 in pairs:
+        row: dict = {"fp32": str(fp32), "int8": str(int8)}
+        predictions = {}
+        for policy in ("native", "exact"):
+            session = make_session(int8, 2, int8_kernels=policy)
+            row[f"uint8_weight_tensors_{policy}"] = session.satcompress_uint8_weights
+            predictions[policy] = np.concatenate(
+                [
+                    run_session(session, images[i : i + 256]).argmax(1)
+                    for i in range(0, len(images), 256)
+                ]  # fmt: skip
+            )
+            row[f"accuracy_{policy}"] = float((predictions[policy] == labels).mean())
+        row["predictions_differing"] = int((predictions["native"] != predictions["exact"]).sum())
+        row["timing"] = []
+        for threads in (2, 1):
+            sessions = {"fp32": make_session(fp32, threads, "native"),
+                        "native": make_session(int8, threads, "native"),
+                        "exact": make_session(int8, threads, "exact")}  # fmt: skip
+            for batch, runs in ((1, 100), (64, 10)):
+                m = {k: float(np.median(v)) for k, v in
+                     _interleaved_medians(sessions, batch, runs, 0.0, rounds).items()}  # fmt: skip
+                times = {f"{k}_ms": round(v, 4) for k, v in m.items()}
+                row["timing"].append({
+                    "threads": threads, "batch": batch, **times,
+                    "native_speed_up": round(m["fp32"] / m["native"], 2),
+                    "exact_speed_up": round(m["fp32"] / m["exact"], 2),
+                })  # fmt: skip
+                print(int8.name, row["timing"][-1])
+        out[str(int8)] = row
+    return {"rounds": rounds, "images": len(labels), "files": out}
+
+
 def _profiled_kernel_us(path: Path, threads: int, batch: int, runs: int) -> dict[str, float]:
     """Mean kernel time (us per run) of every node, from ONNX Runtime's profiler."""
     options = ort.SessionOptions()
@@ -396,6 +440,14 @@ def untrained_graphs(models: list[str], folder: Path, size: int = 64) -> list[Pa
     return paths
 
 
+def _untrained_kernels(models: list[str], dataset) -> dict:
+    """:func:`int8_kernels` on the untrained files of ``models`` (timing; accuracy is chance)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = untrained_graphs(models, Path(tmp))
+        pairs = list(zip(paths[::2], paths[1::2], strict=True))
+        return {"model_names": models, **int8_kernels(pairs, dataset)}
+
+
 def _untrained(measure, models: list[str], size: int) -> dict:
     """``measure`` on the fp32 and int8 files of untrained ``models`` (file names as keys)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -418,6 +470,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile-size", type=int, default=64, help="their input size (jobs named -SIZEpx)"
+    )
+    parser.add_argument(
+        "--kernel-pairs", nargs="*", default=[], metavar="FP32:INT8", help="int8-kernels files"
+    )
+    parser.add_argument(
+        "--kernel-models", nargs="*", default=[], help="int8-kernels-untrained models"
     )
     parser.add_argument("--jobs", nargs="*", help="only these measurements (default: all)")
     args = parser.parse_args()
@@ -451,6 +509,11 @@ def main() -> None:
         jobs[f"runtimes-untrained{suffix}"] = lambda: _untrained(
             runtime_comparison, args.profile_models, args.profile_size
         )
+    if args.kernel_pairs:
+        pairs = [tuple(Path(p) for p in item.split(":", 1)) for item in args.kernel_pairs]
+        jobs["int8-kernels"] = lambda: int8_kernels(pairs, dataset())
+    if args.kernel_models:
+        jobs["int8-kernels-untrained"] = lambda: _untrained_kernels(args.kernel_models, dataset())
     unknown = set(args.jobs or []) - set(jobs)
     if unknown:
         raise SystemExit(f"--jobs: {sorted(unknown)} not among {sorted(jobs)} (check the inputs)")

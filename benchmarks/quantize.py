@@ -267,7 +267,8 @@ def run_model(model: str, args: argparse.Namespace, records: RecordList, dataset
                 run, dataset, model, root / f"{key}-ptq-w7", PTQConfig(reduce_range=True)
             ),
         )
-    for bits in [b for b in BITS[model] if not args.bits or b in args.bits]:
+    qat_bits = [] if args.ptq_only else BITS[model]
+    for bits in [b for b in qat_bits if not args.bits or b in args.bits]:
         config = qat_config(model, bits, args)
         out = root / f"{key}{qat_run_name(config, args)}"
         row = f"{model}-qat-w{bits}"
@@ -290,6 +291,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="the baseline's epochs (its key)")
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--bits", type=int, nargs="*", help="only these QAT bit-widths")
+    parser.add_argument("--ptq-only", action="store_true", help="no QAT rows")
     parser.add_argument(
         "--qat-epochs-map",
         nargs="*",

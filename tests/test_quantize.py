@@ -570,3 +570,12 @@ def test_cli_qat_flags_reach_the_config():
     assert config.quant_after_activation  # the default
     argv.append("--no-quant-after-activation")
     assert not config_from_args(build_parser().parse_args(argv)).quant_after_activation
+
+
+def test_cli_ptq_reduce_range_flag_reaches_the_config():
+    from satcompress.cli import build_parser
+    from satcompress.compress.quantize.cli import config_from_args
+
+    argv = ["quantize", "--method", "ptq", "--checkpoint", "x", "--run-dir", "y"]
+    assert not config_from_args(build_parser().parse_args(argv)).reduce_range  # the default
+    assert config_from_args(build_parser().parse_args([*argv, "--reduce-range"])).reduce_range

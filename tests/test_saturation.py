@@ -164,3 +164,11 @@ def test_latency_record_says_how_many_weights_ran_as_uint8(tmp_path):
         session = make_session(int8, 1, int8_kernels=policy)
         timing = measure_latency(int8, (32, 32), config, session)
         assert timing["uint8_weight_tensors"] == expected
+
+
+def test_zero_points_nothing_reads_any_more_are_removed():
+    model = _qdq_weight(np.full((3, 2), 100), shared_zero_point=False)
+    assert make_saturation_safe(model) == 1
+    names = {t.name for t in model.graph.initializer}
+    assert "zp" not in names and "w" in names and "small" in names
+    onnx.checker.check_model(model)

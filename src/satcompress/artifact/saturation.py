@@ -75,7 +75,8 @@ def make_saturation_safe(model: onnx.ModelProto) -> int:
     A weight qualifies when it is an int8 initializer with a value beyond +-64, every
     consumer reads it as the weight of a ``DequantizeLinear`` or ``MatMulInteger``, and
     each consumer's weight zero point is absent or an all-zero int8 initializer. Each
-    rewritten consumer gets a new uint8 zero point of 128 of the old one's shape.
+    rewritten consumer gets a new uint8 zero point of 128 of the old one's shape; old zero
+    points nothing reads any more are removed.
 
     Returns:
         How many weight tensors were rewritten.
@@ -87,7 +88,7 @@ def make_saturation_safe(model: onnx.ModelProto) -> int:
         for name in node.input:
             if name in inits:
                 uses[name].append(node)
-    rewritten = 0
+    rewritten, replaced = 0, set()
     for name, nodes in uses.items():
         tensor = inits[name]
         if tensor.data_type != onnx.TensorProto.INT8 or not all(
@@ -99,9 +100,19 @@ def make_saturation_safe(model: onnx.ModelProto) -> int:
             continue
         tensor.CopyFrom(numpy_helper.from_array((values + 128).astype(np.uint8), name))
         for node in nodes:
-            _set_uint8_zero_point(graph, node, inits)
+            replaced.add(_set_uint8_zero_point(graph, node, inits))
         rewritten += 1
+    _drop_unused(graph, replaced - {""})
     return rewritten
+
+
+def _drop_unused(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the initializers in ``names`` that no node or graph output reads any more."""
+    used = {name for node in graph.node for name in node.input}
+    used |= {output.name for output in graph.output}
+    keep = [t for t in graph.initializer if t.name not in names or t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
 
 
 def _zero_point_ok(node: onnx.NodeProto, name: str, inits: dict) -> bool:
@@ -122,7 +133,8 @@ def _zero_point_ok(node: onnx.NodeProto, name: str, inits: dict) -> bool:
     )
 
 
-def _set_uint8_zero_point(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict) -> None:
+def _set_uint8_zero_point(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict) -> str:
+    """Point ``node``'s weight zero point at a new uint8 128 initializer; the old name."""
     weight_slot, zp_slot = _WEIGHT_SLOTS[node.op_type]
     old = node.input[zp_slot] if len(node.input) > zp_slot else ""
     shape = list(inits[old].dims) if old else _zero_point_shape(node, inits)
@@ -131,6 +143,7 @@ def _set_uint8_zero_point(graph: onnx.GraphProto, node: onnx.NodeProto, inits: d
     while len(node.input) <= zp_slot:
         node.input.append("")
     node.input[zp_slot] = new_name
+    return old
 
 
 def _zero_point_shape(node: onnx.NodeProto, inits: dict) -> list[int]:
