@@ -510,6 +510,8 @@ def main() -> None:
             runtime_comparison, args.profile_models, args.profile_size
         )
     if args.kernel_pairs:
+        if not all(":" in item for item in args.kernel_pairs):
+            raise SystemExit(f"--kernel-pairs expects FP32:INT8 pairs, got {args.kernel_pairs}")
         pairs = [tuple(Path(p) for p in item.split(":", 1)) for item in args.kernel_pairs]
         jobs["int8-kernels"] = lambda: int8_kernels(pairs, dataset())
     if args.kernel_models:

@@ -19,13 +19,14 @@ hence this module.
 
 from __future__ import annotations
 
-import platform
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from satcompress.utils.cpu import CPUINFO, cpu_info, is_x86
 
 SAFE_LIMIT = 64  # |w| <= 64: no uint8 x int8 pair sum leaves the int16 range
 INT8_KERNEL_POLICIES = ("auto", "exact", "native")
@@ -35,24 +36,17 @@ _VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 _WEIGHT_SLOTS = {"DequantizeLinear": (0, 2), "MatMulInteger": (1, 3)}
 
 
-def int8_saturates_here(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+def int8_saturates_here(cpuinfo: str | Path = CPUINFO) -> bool:
     """Whether ONNX Runtime's uint8 x int8 kernels can saturate on this CPU.
 
     True on x86 CPUs without VNNI; False on VNNI CPUs and on other architectures (Arm's
     dot-product kernels accumulate in 32 bits). An x86 CPU whose flags cannot be read
     counts as one without VNNI, so that results stay exact.
     """
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+    if not is_x86():
         return False
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return True
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return not set(value.split()) & set(_VNNI_FLAGS)
-    return True
+    flags = cpu_info(cpuinfo)[1]
+    return flags is None or not flags & set(_VNNI_FLAGS)
 
 
 def resolve_policy(policy: str) -> bool:

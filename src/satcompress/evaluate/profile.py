@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from satcompress.artifact.onnx import make_session, run_session
 from satcompress.config import Config, ConfigError
+from satcompress.utils.cpu import cpu_info
 
 
 def count_params(model: nn.Module) -> int:
@@ -156,17 +157,7 @@ def measure_latency_side_by_side(
 
 def cpu_description() -> dict[str, Any]:
     """CPU model, core count and the SIMD flags that decide int8/fp32 speed."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
-            break
+    model, flags = cpu_info()
+    model, flags = model or platform.processor() or "unknown", flags or frozenset()
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8")
     return {"model": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
