@@ -63,6 +63,35 @@ def _qdq_weight(weights: np.ndarray, shared_zero_point: bool) -> onnx.ModelProto
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _qoperator(op: str, weights: np.ndarray, y_scale: float) -> onnx.ModelProto:
+    """uint8 x (1, K) through ``op`` (QLinearConv 1x1 or QLinearMatMul) with int8 weights
+    (N, K), per-output-channel (conv) or per-tensor (matmul) scales of 1 and zero points
+    of 0, uint8 out: ``round(x @ w.T / y_scale)``, clipped to 0..255."""
+    n, k = weights.shape
+    conv = op == "QLinearConv"
+    w = weights.reshape(n, k, 1, 1) if conv else weights.T
+    w_shape = [n] if conv else []
+    inits = [
+        numpy_helper.from_array(np.array(1.0, np.float32), "x_s"),
+        numpy_helper.from_array(np.array(0, np.uint8), "x_zp"),
+        numpy_helper.from_array(w.astype(np.int8), "w"),
+        numpy_helper.from_array(np.ones(w_shape, np.float32), "w_s"),
+        numpy_helper.from_array(np.zeros(w_shape, np.int8), "w_zp"),
+        numpy_helper.from_array(np.array(y_scale, np.float32), "y_s"),
+        numpy_helper.from_array(np.array(0, np.uint8), "y_zp"),
+    ]
+    inputs = ["x", "x_s", "x_zp", "w", "w_s", "w_zp", "y_s", "y_zp"]
+    x_shape, y_shape = ([1, k, 1, 1], [1, n, 1, 1]) if conv else ([1, k], [1, n])
+    graph = helper.make_graph(
+        [helper.make_node(op, inputs, ["y"], name="q")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, y_shape)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def _run(model: onnx.ModelProto, tmp_path, policy: str, feed: dict) -> np.ndarray:
     path = tmp_path / f"{policy}.onnx"
     onnx.save(model, str(path))
@@ -83,6 +112,28 @@ def test_exact_policy_computes_the_integer_product_with_saturating_operands(tmp_
         assert not np.array_equal(native, expected)
     auto = _run(_matmul_integer(weights), tmp_path, "auto", {"a": a})
     np.testing.assert_array_equal(auto, expected if int8_saturates_here() else native)
+
+
+@pytest.mark.parametrize("op", ["QLinearConv", "QLinearMatMul"])
+def test_exact_policy_covers_the_operator_form_of_onnx_runtimes_quantizer(tmp_path, op):
+    # QuantFormat.QOperator files hold int8 weights in QLinearConv / QLinearMatMul directly.
+    weights = np.full((8, 64), 127, np.int64)
+    weights[:, ::4] = -60
+    x = np.full((1, 64), 255, np.uint8)
+    y_scale = 8000.0  # the exact outputs (about 164) land well inside 0..255
+    expected = np.clip(np.rint(x.astype(np.int64) @ weights.T / y_scale), 0, 255)
+    feed = {"x": x.reshape(1, 64, 1, 1) if op == "QLinearConv" else x}
+    model = _qoperator(op, weights, y_scale)
+    exact = _run(model, tmp_path, "exact", feed).reshape(1, -1)
+    np.testing.assert_array_equal(exact, expected)
+    native = _run(model, tmp_path, "native", feed).reshape(1, -1)
+    if int8_saturates_here():
+        assert not np.array_equal(native, expected)
+    assert make_saturation_safe(model) == 1
+    zero_point = next(t for t in model.graph.initializer if t.name == model.graph.node[0].input[5])
+    assert zero_point.data_type == TensorProto.UINT8 and list(zero_point.dims) == (
+        [8] if op == "QLinearConv" else []
+    )
 
 
 def test_rewrite_keeps_dequantized_values_and_skips_weights_that_cannot_saturate(tmp_path):

@@ -32,8 +32,19 @@ SAFE_LIMIT = 64  # |w| <= 64: no uint8 x int8 pair sum leaves the int16 range
 INT8_KERNEL_POLICIES = ("auto", "exact", "native")
 
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
-# (op type, weight input, weight zero point input) of the consumers a weight may have
-_WEIGHT_SLOTS = {"DequantizeLinear": (0, 2), "MatMulInteger": (1, 3)}
+# op type -> (weight input, its scale input or None, its zero point input), for every
+# consumer that reads an int8 weight through ONNX Runtime's uint8 x int8 kernels: the QDQ
+# form (DequantizeLinear, fused by ONNX Runtime into the ops below) and the operator form
+# that ONNX Runtime's quantizer writes with QuantFormat.QOperator. Each accepts uint8
+# weights too. (ConvInteger is absent: ONNX Runtime's CPU kernel takes uint8 weights only.)
+_WEIGHT_SLOTS = {
+    "DequantizeLinear": (0, 1, 2),
+    "MatMulInteger": (1, None, 3),
+    "QLinearConv": (3, 4, 5),
+    "QLinearMatMul": (3, 4, 5),
+    "QGemm": (3, 4, 5),
+    "DynamicQuantizeMatMul": (1, 2, 3),
+}
 
 
 def int8_saturates_here(cpuinfo: str | Path = CPUINFO) -> bool:
@@ -67,10 +78,12 @@ def make_saturation_safe(model: onnx.ModelProto) -> int:
     """Re-encode, in place, the int8 weights that can saturate as uint8 (zero point 128).
 
     A weight qualifies when it is an int8 initializer with a value beyond +-64, every
-    consumer reads it as the weight of a ``DequantizeLinear`` or ``MatMulInteger``, and
-    each consumer's weight zero point is absent or an all-zero int8 initializer. Each
-    rewritten consumer gets a new uint8 zero point of 128 of the old one's shape; old zero
-    points nothing reads any more are removed.
+    consumer reads it as its weight, and each consumer's weight zero point is absent or an
+    all-zero int8 initializer. Consumers are the QDQ form (``DequantizeLinear``) and the
+    operator forms of ONNX Runtime's quantizer (``QLinearConv``, ``QLinearMatMul``,
+    ``QGemm``, ``MatMulInteger``, ``DynamicQuantizeMatMul``). Each rewritten consumer gets
+    a new uint8 zero point of 128 of the old one's shape; old zero points nothing reads any
+    more are removed.
 
     Returns:
         How many weight tensors were rewritten.
@@ -116,7 +129,7 @@ def _zero_point_ok(node: onnx.NodeProto, name: str, inits: dict) -> bool:
         return False
     if list(node.input).count(name) != 1:
         return False
-    zero_point = node.input[slots[1]] if len(node.input) > slots[1] else ""
+    zero_point = node.input[slots[2]] if len(node.input) > slots[2] else ""
     if not zero_point:
         return True
     tensor = inits.get(zero_point)
@@ -129,7 +142,7 @@ def _zero_point_ok(node: onnx.NodeProto, name: str, inits: dict) -> bool:
 
 def _set_uint8_zero_point(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict) -> str:
     """Point ``node``'s weight zero point at a new uint8 128 initializer; the old name."""
-    weight_slot, zp_slot = _WEIGHT_SLOTS[node.op_type]
+    weight_slot, _, zp_slot = _WEIGHT_SLOTS[node.op_type]
     old = node.input[zp_slot] if len(node.input) > zp_slot else ""
     shape = list(inits[old].dims) if old else _zero_point_shape(node, inits)
     new_name = f"{node.input[weight_slot]}_uint8_zero_point_{node.name or node.output[0]}"
@@ -141,7 +154,8 @@ def _set_uint8_zero_point(graph: onnx.GraphProto, node: onnx.NodeProto, inits: d
 
 
 def _zero_point_shape(node: onnx.NodeProto, inits: dict) -> list[int]:
-    """Shape of an absent zero point: that of the scale (DequantizeLinear) or a scalar."""
-    if node.op_type == "DequantizeLinear" and node.input[1] in inits:
-        return list(inits[node.input[1]].dims)
+    """Shape of an absent zero point: that of the weight's scale, or a scalar."""
+    scale_slot = _WEIGHT_SLOTS[node.op_type][1]
+    if scale_slot is not None and node.input[scale_slot] in inits:
+        return list(inits[node.input[scale_slot]].dims)
     return []
