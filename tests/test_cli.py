@@ -174,3 +174,29 @@ def test_help_of_a_setting_joins_its_docstring_lines_and_escapes_percent():
     assert field_help(Settings, "ratio") == "Share kept, in %% of all weights."
     assert field_help(Settings, "missing") == ""
     assert "mixup, cutmix, mix_prob" in field_help(TrainConfig, "augment")
+
+
+def test_the_command_line_parser_builds_without_the_heavy_libraries():
+    # `satcompress --help` must not wait for Lightning, timm, Brevitas or ONNX Runtime.
+    code = (
+        "import sys, satcompress.cli as c; c.build_parser(); "
+        "print(sorted(m for m in ('lightning', 'timm', 'brevitas', 'onnxruntime', "
+        "'torch_pruning') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_names_stay_functions_when_their_same_named_submodules_are_imported():
+    import satcompress as sc
+    import satcompress.compress.quantize.qat  # noqa: F401
+    import satcompress.train.trainer  # noqa: F401
+    from satcompress.compress import quantize
+
+    assert callable(sc.train) and sc.train.__module__ == "satcompress.train.trainer"
+    assert callable(sc.evaluate) and sc.evaluate.__module__ == "satcompress.evaluate.evaluate"
+    assert quantize.qat.__module__ == "satcompress.compress.quantize.qat"
+    assert callable(quantize.qat)
+    assert "prepare_qat" in dir(quantize) and "train" in sc.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = sc.nope

@@ -9,31 +9,33 @@ The Python API under every command::
     record = sc.evaluate(result.model, ds, result.input_spec, model_name="resnet18")
 """
 
+from __future__ import annotations
+
+from satcompress.utils.lazy import lazy_package
+
 __version__ = "0.1.0"
 
-from satcompress.checkpoint import TrainedModel, load_trained  # noqa: E402
-from satcompress.compress.distill import DistillConfig, distill  # noqa: E402
-from satcompress.data import SceneDataModule, load_dataset  # noqa: E402
-from satcompress.evaluate import LatencyConfig, evaluate  # noqa: E402
-from satcompress.models import create_model, list_models  # noqa: E402
-from satcompress.preprocess import AugmentConfig, InputSpec  # noqa: E402
-from satcompress.train import TrainConfig, TrainResult, train  # noqa: E402
-
+# The public API, imported on first use (see satcompress.utils.lazy).
 __all__ = [
-    "AugmentConfig",
-    "DistillConfig",
-    "InputSpec",
-    "LatencyConfig",
-    "SceneDataModule",
-    "TrainConfig",
-    "TrainResult",
-    "TrainedModel",
     "__version__",
-    "create_model",
-    "distill",
-    "evaluate",
-    "list_models",
-    "load_dataset",
-    "load_trained",
-    "train",
+    *lazy_package(
+        __name__,
+        {
+            "TrainedModel": "checkpoint",
+            "load_trained": "checkpoint",
+            "DistillConfig": "compress.distill",
+            "distill": "compress.distill",
+            "SceneDataModule": "data",
+            "load_dataset": "data",
+            "LatencyConfig": "evaluate",
+            "evaluate": "evaluate",
+            "create_model": "models",
+            "list_models": "models",
+            "AugmentConfig": "preprocess",
+            "InputSpec": "preprocess",
+            "TrainConfig": "train",
+            "TrainResult": "train",
+            "train": "train",
+        },
+    ),
 ]

@@ -2,32 +2,26 @@
 
 The artifact is one file holding the weights at their real precision (see
 :mod:`satcompress.artifact.format`).
+
+Imported on first use (ONNX Runtime takes a while).
 """
 
-from satcompress.artifact.format import (
-    Artifact,
-    ArtifactError,
-    artifact_format,
-    load_artifact,
-    write_artifact,
-)
-from satcompress.artifact.onnx import (
-    DeployableModel,
-    export_onnx,
-    make_session,
-    read_metadata,
-    run_session,
-)
+from satcompress.utils.lazy import lazy_package
 
 __all__ = [
-    "Artifact",
-    "ArtifactError",
-    "DeployableModel",
-    "artifact_format",
-    "export_onnx",
-    "load_artifact",
-    "make_session",
-    "read_metadata",
-    "run_session",
-    "write_artifact",
+    *lazy_package(
+        __name__,
+        {
+            "Artifact": "format",
+            "ArtifactError": "format",
+            "artifact_format": "format",
+            "load_artifact": "format",
+            "write_artifact": "format",
+            "DeployableModel": "onnx",
+            "export_onnx": "onnx",
+            "make_session": "onnx",
+            "read_metadata": "onnx",
+            "run_session": "onnx",
+        },
+    ),
 ]

@@ -1,11 +1,17 @@
-"""Compression stages built on the one training loop: distillation (and later pruning, QAT)."""
+"""Compression stages built on the one training loop: distillation (and later pruning, QAT).
 
-from satcompress.compress.distill import (
-    DistillationLoss,
-    DistillConfig,
-    Teacher,
-    distill,
-    load_teacher,
+Imported on first use (see satcompress.utils.lazy).
+"""
+
+from satcompress.utils.lazy import lazy_package
+
+__all__ = lazy_package(
+    __name__,
+    {
+        "DistillationLoss": "distill",
+        "DistillConfig": "distill",
+        "Teacher": "distill",
+        "distill": "distill",
+        "load_teacher": "distill",
+    },
 )
-
-__all__ = ["DistillConfig", "DistillationLoss", "Teacher", "distill", "load_teacher"]

@@ -1,23 +1,24 @@
-"""Training: config, Lightning task and the ``train()`` entry point."""
+"""Training: config, Lightning task and the ``train()`` entry point.
+
+The config imports at once; the rest (Lightning) on first use.
+"""
 
 from satcompress.train.config import TrainConfig
-from satcompress.train.task import ClassificationTask, SupervisedLoss, TrainingLoss
-from satcompress.train.trainer import (
-    TrainResult,
-    load_config_dataset,
-    make_card,
-    resolve_input_spec,
-    train,
-)
+from satcompress.utils.lazy import lazy_package
 
 __all__ = [
-    "ClassificationTask",
-    "SupervisedLoss",
     "TrainConfig",
-    "TrainResult",
-    "TrainingLoss",
-    "load_config_dataset",
-    "make_card",
-    "resolve_input_spec",
-    "train",
+    *lazy_package(
+        __name__,
+        {
+            "ClassificationTask": "task",
+            "SupervisedLoss": "task",
+            "TrainingLoss": "task",
+            "TrainResult": "trainer",
+            "load_config_dataset": "trainer",
+            "make_card": "trainer",
+            "resolve_input_spec": "trainer",
+            "train": "trainer",
+        },
+    ),
 ]

@@ -11,25 +11,32 @@ Example:
     ...     teacher="runs/r18",
     ...     run_dir="runs/mnv2_kd",
     ... )
+
+The config imports at once; the rest (Lightning) on first use.
 """
 
-from satcompress.compress.distill.api import distill, distill_recipe
-from satcompress.compress.distill.config import TEACHER_CACHE_MODES, DistillConfig
-from satcompress.compress.distill.features import FeatureDistiller, find_layer
-from satcompress.compress.distill.loss import DistillationLoss, FrozenTeacher, kd_loss
-from satcompress.compress.distill.teacher import Teacher, check_teacher_classes, load_teacher
+from satcompress.compress.distill.config import (
+    TEACHER_CACHE_MODES,
+    DistillConfig,
+)
+from satcompress.utils.lazy import lazy_package
 
 __all__ = [
     "TEACHER_CACHE_MODES",
     "DistillConfig",
-    "DistillationLoss",
-    "FeatureDistiller",
-    "FrozenTeacher",
-    "Teacher",
-    "check_teacher_classes",
-    "distill",
-    "distill_recipe",
-    "find_layer",
-    "kd_loss",
-    "load_teacher",
+    *lazy_package(
+        __name__,
+        {
+            "distill": "api",
+            "distill_recipe": "api",
+            "FeatureDistiller": "features",
+            "find_layer": "features",
+            "DistillationLoss": "loss",
+            "FrozenTeacher": "loss",
+            "kd_loss": "loss",
+            "Teacher": "teacher",
+            "check_teacher_classes": "teacher",
+            "load_teacher": "teacher",
+        },
+    ),
 ]

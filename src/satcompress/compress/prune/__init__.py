@@ -17,10 +17,10 @@ Example:
     ... )
     >>> result.record["macs"], result.record["latency_ms"]
     >>> model = load_pruned("runs/r18_l1_50").model  # a fresh process will do
+
+The configs import at once; the rest (Torch-Pruning, Lightning) on first use.
 """
 
-from satcompress.compress.prune.api import PruneResult, finetune_config, prune, split_epochs
-from satcompress.compress.prune.common import PruningError
 from satcompress.compress.prune.config import (
     METHODS,
     STRUCTURED_METHODS,
@@ -28,51 +28,41 @@ from satcompress.compress.prune.config import (
     SensitivityConfig,
     VitLayersConfig,
 )
-from satcompress.compress.prune.io import is_pruned, load_pruned, rebuild, save_pruned
-from satcompress.compress.prune.sensitivity import sensitivity, sensitivity_table
-from satcompress.compress.prune.structured import Calibration, StructuredPruner, layer_widths
-from satcompress.compress.prune.transformers import (
-    SplitMultiheadAttention,
-    split_multihead_attention,
-)
-from satcompress.compress.prune.unstructured import (
-    GradualPruning,
-    apply_magnitude,
-    cubic_schedule,
-    make_permanent,
-    prunable_layers,
-    sparsity_report,
-)
-from satcompress.compress.prune.vit_layers import vit_layer_importance, vit_layers_table
+from satcompress.utils.lazy import lazy_package
 
 __all__ = [
     "METHODS",
     "STRUCTURED_METHODS",
-    "Calibration",
-    "GradualPruning",
     "PruneConfig",
-    "PruneResult",
-    "PruningError",
     "SensitivityConfig",
-    "SplitMultiheadAttention",
-    "StructuredPruner",
     "VitLayersConfig",
-    "apply_magnitude",
-    "cubic_schedule",
-    "finetune_config",
-    "is_pruned",
-    "layer_widths",
-    "load_pruned",
-    "make_permanent",
-    "prunable_layers",
-    "prune",
-    "rebuild",
-    "save_pruned",
-    "sensitivity",
-    "sensitivity_table",
-    "sparsity_report",
-    "split_epochs",
-    "split_multihead_attention",
-    "vit_layer_importance",
-    "vit_layers_table",
+    *lazy_package(
+        __name__,
+        {
+            "PruneResult": "api",
+            "finetune_config": "api",
+            "prune": "api",
+            "split_epochs": "api",
+            "PruningError": "common",
+            "is_pruned": "io",
+            "load_pruned": "io",
+            "rebuild": "io",
+            "save_pruned": "io",
+            "sensitivity": "sensitivity",
+            "sensitivity_table": "sensitivity",
+            "Calibration": "structured",
+            "StructuredPruner": "structured",
+            "layer_widths": "structured",
+            "SplitMultiheadAttention": "transformers",
+            "split_multihead_attention": "transformers",
+            "GradualPruning": "unstructured",
+            "apply_magnitude": "unstructured",
+            "cubic_schedule": "unstructured",
+            "make_permanent": "unstructured",
+            "prunable_layers": "unstructured",
+            "sparsity_report": "unstructured",
+            "vit_layer_importance": "vit_layers",
+            "vit_layers_table": "vit_layers",
+        },
+    ),
 ]

@@ -7,44 +7,39 @@ Example:
 The configs import at once; everything else (Brevitas takes seconds to import) on first use.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
 from satcompress.compress.quantize.config import (
     CALIBRATION_METHODS,
     PTQConfig,
     QATConfig,
     load_bits_map,
 )
+from satcompress.utils.lazy import lazy_package
 
-_LAZY = {
-    "QuantizeResult": "api",
-    "dataset_for": "api",
-    "evaluate_artifact": "api",
-    "export_qat": "api",
-    "pytorch_accuracy": "api",
-    "quantize": "api",
-    "export_qat_onnx": "export",
-    "calibration_images": "ptq",
-    "quantize_onnx": "ptq",
-    "QATResult": "qat",
-    "calibrate": "qat",
-    "load_qat_model": "qat",
-    "prepare_qat": "qat",
-    "qat": "qat",
-    "qat_train_config": "qat",
-    "resolve_layer_bits": "qat",
-    "split_reused_activations": "qat",
-}
-
-__all__ = ["CALIBRATION_METHODS", "PTQConfig", "QATConfig", "load_bits_map", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    """Import the heavy parts (ONNX Runtime's quantizer, Brevitas) on first use."""
-    if name in _LAZY:
-        module = importlib.import_module(f"satcompress.compress.quantize.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "CALIBRATION_METHODS",
+    "PTQConfig",
+    "QATConfig",
+    "load_bits_map",
+    *lazy_package(
+        __name__,
+        {
+            "QuantizeResult": "api",
+            "dataset_for": "api",
+            "evaluate_artifact": "api",
+            "export_qat": "api",
+            "pytorch_accuracy": "api",
+            "quantize": "api",
+            "export_qat_onnx": "export",
+            "calibration_images": "ptq",
+            "quantize_onnx": "ptq",
+            "QATResult": "qat",
+            "calibrate": "qat",
+            "load_qat_model": "qat",
+            "prepare_qat": "qat",
+            "qat": "qat",
+            "qat_train_config": "qat",
+            "resolve_layer_bits": "qat",
+            "split_reused_activations": "qat",
+        },
+    ),
+]
