@@ -28,6 +28,11 @@ atomically after each):
   Runtime's native kernels and by the exact graph ``make_session`` builds on x86 CPUs
   without VNNI (8-bit weights as uint8): test accuracy, differing predictions, speed-ups;
   ``int8-kernels-untrained`` does the timing on untrained ``--kernel-models``;
+* ``ort-quantizer``: the same comparison on files that ONNX Runtime's own
+  ``quantize_static`` writes from the fp32 model of ``--ort-quantizer CHECKPOINT`` (uint8
+  activations, int8 weights: QDQ per-channel, QDQ per-tensor, QOperator per-channel),
+  beside satcompress's PTQ at 8 and 7 bits: is the int8 speed-up set by the file or by the
+  runtime's kernels on this CPU?
 * ``runtimes-untrained``: the int8 / fp32 latency ratio of those files in ONNX Runtime and
   in OpenVINO (``pip install -e ".[openvino]"``), the four timed in interleaved rounds: is
   the ratio set by the file or by the runtime's kernels?
@@ -268,6 +273,45 @@ def int8_kernels(pairs: list[tuple[Path, Path]], dataset, rounds: int = 5) -> di
     return {"rounds": rounds, "images": len(labels), "files": out}
 
 
+def ort_quantizer_files(checkpoint: Path, dataset, folder: Path) -> list[tuple[Path, Path]]:
+    """(fp32, int8) ONNX pairs: ONNX Runtime's ``quantize_static`` in three settings and
+    satcompress's PTQ at 8 and 7 bits, all calibrated on the same 512 train images."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from satcompress.artifact.onnx import export_onnx
+    from satcompress.compress.quantize import PTQConfig, calibration_images, quantize_onnx
+    from satcompress.compress.quantize.ptq import ImageReader
+
+    trained = sc.load_trained(checkpoint)
+    fp32 = export_onnx(trained.model, trained.input_spec, dataset.image_size, folder / "fp32.onnx")
+    images = calibration_images(dataset, 512)
+    settings = {
+        "ort-qdq-per-channel": {"per_channel": True},
+        "ort-qdq-per-tensor": {"per_channel": False},
+        "ort-qoperator-per-channel": {"per_channel": True, "quant_format": QuantFormat.QOperator},
+    }
+    pairs = []
+    for name, options in settings.items():
+        int8 = folder / f"{name}.onnx"
+        quantize_static(str(fp32), str(int8), ImageReader(images), activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, **options)  # fmt: skip
+        pairs.append((fp32, int8))
+    for name, config in (("satcompress-ptq", PTQConfig()),
+                         ("satcompress-ptq-7bit", PTQConfig(reduce_range=True))):  # fmt: skip
+        pairs.append((fp32, quantize_onnx(fp32, folder / f"{name}.onnx", images, config)))
+    return pairs
+
+
+def _ort_quantizer(checkpoint: Path, dataset) -> dict:
+    """:func:`int8_kernels` on :func:`ort_quantizer_files` (file names as keys)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = int8_kernels(ort_quantizer_files(checkpoint, dataset, Path(tmp)), dataset)
+    result["files"] = {Path(k).stem: v for k, v in result["files"].items()}
+    for row in result["files"].values():
+        row["fp32"], row["int8"] = Path(row["fp32"]).name, Path(row["int8"]).name
+    return {"checkpoint": str(checkpoint), **result}
+
+
 def _profiled_kernel_us(path: Path, threads: int, batch: int, runs: int) -> dict[str, float]:
     """Mean kernel time (us per run) of every node, from ONNX Runtime's profiler."""
     options = ort.SessionOptions()
@@ -477,6 +521,9 @@ def main() -> None:
     parser.add_argument(
         "--kernel-models", nargs="*", default=[], help="int8-kernels-untrained models"
     )
+    parser.add_argument(
+        "--ort-quantizer", type=Path, metavar="CHECKPOINT", help="ort-quantizer's fp32 model"
+    )
     parser.add_argument("--jobs", nargs="*", help="only these measurements (default: all)")
     args = parser.parse_args()
     done = read_json(args.out) if args.out.is_file() else {}
@@ -516,6 +563,8 @@ def main() -> None:
         jobs["int8-kernels"] = lambda: int8_kernels(pairs, dataset())
     if args.kernel_models:
         jobs["int8-kernels-untrained"] = lambda: _untrained_kernels(args.kernel_models, dataset())
+    if args.ort_quantizer:
+        jobs["ort-quantizer"] = lambda: _ort_quantizer(args.ort_quantizer, dataset())
     unknown = set(args.jobs or []) - set(jobs)
     if unknown:
         raise SystemExit(f"--jobs: {sorted(unknown)} not among {sorted(jobs)} (check the inputs)")
