@@ -296,8 +296,8 @@ def ort_quantizer_files(checkpoint: Path, dataset, folder: Path) -> list[tuple[P
         quantize_static(str(fp32), str(int8), ImageReader(images), activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, **options)  # fmt: skip
         pairs.append((fp32, int8))
-    for name, config in (("satcompress-ptq", PTQConfig()),
-                         ("satcompress-ptq-7bit", PTQConfig(reduce_range=True))):  # fmt: skip
+    for name, config in (("satcompress-ptq", PTQConfig(reduce_range=False)),
+                         ("satcompress-ptq-7bit", PTQConfig())):  # fmt: skip
         pairs.append((fp32, quantize_onnx(fp32, folder / f"{name}.onnx", images, config)))
     return pairs
 
@@ -480,7 +480,8 @@ def untrained_graphs(models: list[str], folder: Path, size: int = 64) -> list[Pa
             for _ in range(3):
                 model(torch.randn(32, 3, size, size))
         fp32 = export_onnx(model.eval(), InputSpec(), (size, size), folder / f"{name}-fp32.onnx")
-        paths += [fp32, quantize_onnx(fp32, folder / f"{name}-int8.onnx", images, PTQConfig())]
+        config = PTQConfig(reduce_range=False)  # 8-bit weights, as when these were measured
+        paths += [fp32, quantize_onnx(fp32, folder / f"{name}-int8.onnx", images, config)]
     return paths
 
 

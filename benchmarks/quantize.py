@@ -6,9 +6,11 @@ Writes ``results/quantize.json``: one record per variant in the shared schema pl
 * ``<model>-fp32``: the fp32 ONNX baseline (accuracy, size, latency);
 * ``<model>-ort-default``: ONNX Runtime ``quantize_static`` with default settings;
 * ``<model>-nncf-default``: NNCF PTQ with default settings (if ``nncf`` is installed);
-* ``<model>-ptq-int8``: satcompress PTQ (its artifact);
-* ``<model>-ptq-int8-w7`` (``--ptq-7bit``): the same with 7-bit weights (``reduce_range``),
-  which ONNX Runtime runs on its fast kernels exactly on x86 CPUs without VNNI too;
+* ``<model>-ptq-int8``: satcompress PTQ with full 8-bit weights (``reduce_range=False``,
+  the default before 2026-12-03; its artifact);
+* ``<model>-ptq-int8-w7``: satcompress PTQ as it is by default, 7-bit weights
+  (``reduce_range``), which ONNX Runtime runs on its fast kernels exactly on x86 CPUs
+  without VNNI too;
 * ``<model>-qat-w<b>``: satcompress QAT at ``b`` bits (ResNet-18: 8, 4, 3, 2, 1;
   MobileNetV2: 8, 4, 2), ``--qat-epochs`` epochs each; a diverged run is recorded with
   ``status: diverged`` (its artifact holds the last good checkpoint);
@@ -118,8 +120,8 @@ def _onnx_row(path: Path, trained, dataset, model: str, stage: str, work: Path) 
     )
 
 
-def ptq_row(run: Path, dataset, model: str, out: Path, config: PTQConfig | None = None) -> dict:
-    result = quantize(run, "ptq", run_dir=out, config=config or PTQConfig(), dataset=dataset)
+def ptq_row(run: Path, dataset, model: str, out: Path, config: PTQConfig) -> dict:
+    result = quantize(run, "ptq", run_dir=out, config=config, dataset=dataset)
     return result.record
 
 
@@ -257,16 +259,14 @@ def run_model(model: str, args: argparse.Namespace, records: RecordList, dataset
         )
     else:
         print("nncf is not installed (pip install nncf): the NNCF default row is skipped")
+    full_range = PTQConfig(reduce_range=False)
     records.get_or_run(
-        f"{model}-ptq-int8", lambda: ptq_row(run, dataset, model, root / f"{key}-ptq")
+        f"{model}-ptq-int8", lambda: ptq_row(run, dataset, model, root / f"{key}-ptq", full_range)
     )
-    if args.ptq_7bit:  # fast and exact on x86 CPUs without VNNI (PTQConfig.reduce_range)
-        records.get_or_run(
-            f"{model}-ptq-int8-w7",
-            lambda: ptq_row(
-                run, dataset, model, root / f"{key}-ptq-w7", PTQConfig(reduce_range=True)
-            ),
-        )
+    records.get_or_run(  # the default: fast and exact on x86 CPUs without VNNI too
+        f"{model}-ptq-int8-w7",
+        lambda: ptq_row(run, dataset, model, root / f"{key}-ptq-w7", PTQConfig()),
+    )
     qat_bits = [] if args.ptq_only else BITS[model]
     for bits in [b for b in qat_bits if not args.bits or b in args.bits]:
         config = qat_config(model, bits, args)
@@ -322,11 +322,6 @@ def main() -> None:
         "--limit-batches", type=int, default=None, help="smoke test: QAT batches per epoch"
     )
     parser.add_argument("--kd", action="store_true", help="QAT distils from the fp32 model")
-    parser.add_argument(
-        "--ptq-7bit",
-        action="store_true",
-        help="add a PTQ row with 7-bit weights (reduce_range): no uint8 fallback without VNNI",
-    )
     parser.add_argument("--calibration-images", type=int, default=512)
     args = parser.parse_args()
     if baseline.report_only(args, markdown_table):

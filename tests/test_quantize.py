@@ -577,5 +577,7 @@ def test_cli_ptq_reduce_range_flag_reaches_the_config():
     from satcompress.compress.quantize.cli import config_from_args
 
     argv = ["quantize", "--method", "ptq", "--checkpoint", "x", "--run-dir", "y"]
-    assert not config_from_args(build_parser().parse_args(argv)).reduce_range  # the default
+    assert config_from_args(build_parser().parse_args(argv)).reduce_range  # the default
     assert config_from_args(build_parser().parse_args([*argv, "--reduce-range"])).reduce_range
+    parsed = build_parser().parse_args([*argv, "--no-reduce-range"])
+    assert not config_from_args(parsed).reduce_range
