@@ -10,7 +10,7 @@ from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.models import load_weights
 from satcompress.train import TrainConfig, resolve_input_spec, train
-from satcompress.train.task import _parameter_groups
+from satcompress.train.task import _frozen_norm_statistics, _parameter_groups
 
 
 def _config(data_dir, **overrides):
@@ -160,6 +160,7 @@ def test_cutmix_mixup_training_learns_with_soft_targets(eurosat_root, dataset, t
         (dict(normalize="custom"), "needs both mean and std"),
         (dict(warmup=1.5), "warmup"),
         (dict(ema_decay=1.0), "ema_decay"),
+        (dict(sam_rho=-0.05), "sam_rho must be in"),
         (dict(norm_bias_weight_decay=-1e-4), "norm_bias_weight_decay must be >= 0"),
         (dict(train_input_size=4), "train_input_size must be >= 8"),
         (dict(train_input_fraction=1.0), "train_input_fraction must be in"),
@@ -222,3 +223,39 @@ def test_progressive_resizing_trains_first_epochs_larger_then_at_the_model_input
     assert train_sizes[: 2 * per_epoch] == [(big, big)] * (2 * per_epoch)
     assert train_sizes[2 * per_epoch :] == [native] * per_epoch
     assert {size for training, size in seen if not training} == {native}
+
+
+def test_sharpness_aware_steps_follow_the_plain_schedule_and_move_the_weights(
+    eurosat_root, dataset, tmp_path
+):
+    def trained(name, **overrides):
+        cfg = _config(eurosat_root, epochs=2, limit_batches=3, **overrides)
+        result = train(cfg, tmp_path / name, dataset=dataset, progress=False)
+        return result.model.state_dict()
+
+    plain = trained("plain")
+    # a vanishing radius: SAM's manual steps are the automatic ones (same batches, same
+    # augmentation, schedule and batch-norm statistics)
+    tiny = trained("tiny", sam_rho=1e-9)
+    real = trained("real", sam_rho=0.5)
+    assert all(torch.allclose(plain[k].float(), tiny[k].float(), atol=1e-5) for k in plain)
+    weights = [k for k in plain if k.endswith("weight")]
+    assert not all(torch.allclose(plain[k], real[k], atol=1e-3) for k in weights)
+
+
+def test_sharpness_aware_training_learns(eurosat_root, dataset, tmp_path):
+    cfg = _config(eurosat_root, epochs=4, sam_rho=0.05)
+    result = train(cfg, tmp_path / "sam", dataset=dataset, progress=False)
+    assert result.summary["best_val_accuracy"] > 0.5
+
+
+def test_frozen_norm_statistics_leave_running_stats_and_restore_momentum():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.3)).train()
+    model(torch.randn(8, 3, 8, 8) + 2)
+    before = model[1].running_mean.clone()
+    with _frozen_norm_statistics(model):
+        model(torch.randn(8, 3, 8, 8) - 5)
+    assert torch.equal(model[1].running_mean, before) and model[1].momentum == 0.3
+    assert model[1].num_batches_tracked.item() == 1
+    model(torch.randn(8, 3, 8, 8) - 5)
+    assert not torch.equal(model[1].running_mean, before)

@@ -52,6 +52,9 @@ class TrainConfig(Config):
         schedule: ``onecycle``, ``cosine`` (with linear warm-up) or ``constant``.
         warmup: Fraction of the steps spent warming up.
         label_smoothing: Cross-entropy label smoothing.
+        sam_rho: Sharpness-aware minimisation (Foret et al., 2021): each step first moves the
+            weights this far (L2) up the gradient, then updates them with the gradient found
+            there. Costs a second forward and backward pass per step; ``0`` = off.
         ema_decay: Exponential moving average of the weights (evaluated and saved); ``None`` = off.
             Off by default: with a one-cycle schedule the EMA lags the annealed weights (measured
             on ResNet-18/EuroSAT: 94.31% with decay 0.999 at batch 64, below the plain recipe).
@@ -96,6 +99,7 @@ class TrainConfig(Config):
     schedule: str = "onecycle"
     warmup: float = 0.15
     label_smoothing: float = 0.1
+    sam_rho: float = 0.0
     ema_decay: float | None = None
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     seed: int = 0
@@ -138,6 +142,8 @@ class TrainConfig(Config):
             raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.sam_rho < 10:
+            raise ConfigError(f"sam_rho must be in [0, 10), got {self.sam_rho}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         if self.limit_batches is not None and self.limit_batches < 1:

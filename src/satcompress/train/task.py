@@ -7,7 +7,9 @@ loss they plug in (see :class:`SupervisedLoss`).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Protocol
 
 import lightning as L
@@ -87,6 +89,8 @@ class ClassificationTask(L.LightningModule):
         self._memory_format = (
             torch.channels_last if config.channels_last else torch.contiguous_format
         )
+        # SAM needs two backward passes per step on the same augmented batch: manual steps
+        self.automatic_optimization = not (config and config.sam_rho > 0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a uint8 batch."""
@@ -113,6 +117,17 @@ class ClassificationTask(L.LightningModule):
         targets = labels
         if self.mix is not None:
             images, targets = self.mix(images, labels)
+        logits, loss = self._forward_loss(images, targets)
+        if not self.automatic_optimization:
+            self._sharpness_aware_step(images, targets, loss)
+        acc = (logits.argmax(1) == labels).float().mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/acc", acc, prog_bar=False, on_step=False, on_epoch=True)
+        return loss
+
+    def _forward_loss(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(self._prepare(images, self._training_size()))
         loss = self.loss(logits, targets, images)
         if not torch.isfinite(loss):
@@ -120,10 +135,37 @@ class ClassificationTask(L.LightningModule):
                 f"training loss became {loss.item()} at step {self.global_step}; lower the "
                 "learning rate or check the inputs"
             )
-        acc = (logits.argmax(1) == labels).float().mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
-        self.log("train/acc", acc, prog_bar=False, on_step=False, on_epoch=True)
-        return loss
+        return logits, loss
+
+    def _sharpness_aware_step(
+        self, images: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor
+    ) -> None:
+        """One SAM step (Foret et al., 2021) from ``loss`` at the current weights.
+
+        Written here because neither torch nor Lightning ships SAM, and the PyPI SAM
+        optimisers take a closure that Lightning would run through ``training_step`` again,
+        drawing a new augmentation for the second pass. Batch-norm running statistics are
+        updated by the first pass only.
+        """
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        with torch.no_grad():
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+            scale = self.config.sam_rho / (norm + 1e-12)
+            moves = [p.grad * scale for p in params]
+            for param, move in zip(params, moves, strict=True):
+                param.add_(move)
+        optimizer.zero_grad()
+        with _frozen_norm_statistics(self.model):
+            _, perturbed_loss = self._forward_loss(images, targets)
+        self.manual_backward(perturbed_loss)
+        with torch.no_grad():
+            for param, move in zip(params, moves, strict=True):
+                param.sub_(move)
+        optimizer.step()
+        self.lr_schedulers().step()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         """Accumulate validation loss and accuracy (summed over devices)."""
@@ -167,6 +209,23 @@ class ClassificationTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+@contextlib.contextmanager
+def _frozen_norm_statistics(model: nn.Module) -> Iterator[None]:
+    """Keep batch-norm running statistics and batch counts unchanged inside the block."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked) for m in norms]
+    for module in norms:
+        module.momentum = 0.0  # running <- running: the block's batches leave no trace
+        if module.num_batches_tracked is not None:
+            module.num_batches_tracked = module.num_batches_tracked.clone()
+    try:
+        yield
+    finally:
+        for module, (momentum, count) in zip(norms, saved, strict=True):
+            module.momentum = momentum
+            module.num_batches_tracked = count
 
 
 def _parameter_groups(
