@@ -8,7 +8,10 @@ Imported on first use (ONNX Runtime takes a while).
 
 from satcompress.utils.lazy import lazy_package
 
+ARTIFACT_SUFFIX = ".satc"  # here, not in .format, so the CLI's help needs no ONNX import
+
 __all__ = [
+    "ARTIFACT_SUFFIX",
     *lazy_package(
         __name__,
         {

@@ -15,16 +15,13 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from satcompress.artifact.format import (
-    ARTIFACT_SUFFIX,
-    Artifact,
-    artifact_format,
-    load_artifact,
-    write_artifact,
-)
+from satcompress.artifact import ARTIFACT_SUFFIX
 from satcompress.config import ConfigError
+
+if TYPE_CHECKING:
+    from satcompress.artifact.format import Artifact
 
 _QUANT_META = ("scale", "zero_point")
 
@@ -92,6 +89,8 @@ def export_artifact(
         FileNotFoundError: If ``source`` does not exist.
         ConfigError: If the image size is unknown.
     """
+    from satcompress.artifact.format import load_artifact, write_artifact
+
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"nothing to export at {source}")
@@ -149,6 +148,7 @@ def _onnx_info(path: Path) -> dict[str, Any]:
 def _export_qat_run(run: Path, output: Path, compress: bool) -> dict[str, Any]:
     import torch
 
+    from satcompress.artifact.format import write_artifact
     from satcompress.compress.quantize.api import artifact_info
     from satcompress.compress.quantize.export import export_qat_onnx, to_fake_quant_module
     from satcompress.compress.quantize.qat import load_qat_model
@@ -182,6 +182,7 @@ def _export_qat_run(run: Path, output: Path, compress: bool) -> dict[str, Any]:
 def _export_fp32(
     source: Path, output: Path, image_size: int | None, compress: bool
 ) -> dict[str, Any]:
+    from satcompress.artifact.format import write_artifact
     from satcompress.artifact.onnx import export_onnx
     from satcompress.checkpoint import load_trained
     from satcompress.compress.quantize.api import artifact_info
@@ -212,6 +213,8 @@ def _export_fp32(
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``satcompress inspect``."""
+    from satcompress.artifact.format import load_artifact
+
     artifact = load_artifact(args.file)
     if args.json:
         print(json.dumps(artifact.manifest, indent=1))
@@ -222,6 +225,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _print_summary(path: Any, manifest: dict[str, Any]) -> None:
+    from satcompress.artifact.format import artifact_format
+
     stats = manifest["stats"]
     size, bound = int(manifest["size_bytes"]), float(stats["bound_bytes"])
     ratio = f"{size / bound:.3f}x" if bound else "n/a"
@@ -262,6 +267,7 @@ def eval_artifact(args: argparse.Namespace) -> dict[str, Any]:
 
     The dataset comes from ``--dataset/--data-dir`` or, failing that, the manifest.
     """
+    from satcompress.artifact.format import load_artifact
     from satcompress.compress.quantize.api import evaluate_artifact
     from satcompress.data import load_dataset
     from satcompress.evaluate import LatencyConfig

@@ -46,6 +46,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from satcompress.artifact import ARTIFACT_SUFFIX
 from satcompress.artifact.pack import (
     Levels,
     UnsupportedBitsError,
@@ -60,7 +61,6 @@ from satcompress.utils.io import atomic_write_bytes
 MAGIC = b"SATCART\x00"
 FORMAT_VERSION = 1
 FORMAT_NAME = "satcompress.artifact"
-ARTIFACT_SUFFIX = ".satc"
 HEADER = struct.Struct("<8sHHIQ")
 DIGEST_SIZE = 32
 _INT_TYPES = {onnx.TensorProto.INT8: True, onnx.TensorProto.UINT8: False}  # -> signed

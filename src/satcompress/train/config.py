@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from satcompress.config import Config, ConfigError
-from satcompress.preprocess import AugmentConfig
+from satcompress.preprocess.config import AugmentConfig
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")

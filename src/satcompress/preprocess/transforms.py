@@ -1,56 +1,13 @@
-"""Batch-wise preprocessing and augmentation on uint8 image tensors.
-
-Images stay uint8 in memory (decoded once); each batch is augmented and normalised as a
-whole tensor, which is several times cheaper on a 2-core CPU than per-image PIL
-transforms in DataLoader workers. The model's own input specification (resolution and
-normalisation) lives in :class:`InputSpec`, so a teacher and a student can each prepare the
-same augmented batch their own way, and the exported ONNX graph carries the same steps.
-"""
+"""Torch modules that augment and normalise uint8 batches (see :mod:`satcompress.preprocess`)."""
 
 from __future__ import annotations
-
-import dataclasses
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from satcompress.config import Config, ConfigError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclasses.dataclass
-class InputSpec(Config):
-    """What a model expects: input resolution and per-channel normalisation.
-
-    Attributes:
-        size: Model input (height, width); ``None`` keeps the dataset's resolution.
-        mean: Per-channel mean of ``uint8 / 255`` images.
-        std: Per-channel standard deviation of ``uint8 / 255`` images.
-    """
-
-    size: tuple[int, int] | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __post_init__(self) -> None:
-        if self.size is not None:
-            self.size = _pair(self.size)
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
-        super().__post_init__()
-
-    def validate(self) -> None:
-        """Check shapes and ranges."""
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ConfigError(f"mean and std need 3 values (RGB), got {self.mean} and {self.std}")
-        if any(s <= 0 for s in self.std):
-            raise ConfigError(f"std values must be > 0, got {self.std}")
-        if self.size is not None and min(self.size) < 8:
-            raise ConfigError(f"input size must be at least 8 pixels, got {self.size}")
+from satcompress.config import ConfigError
+from satcompress.preprocess.config import AugmentConfig, InputSpec
 
 
 class Preprocess(nn.Module):
@@ -79,50 +36,6 @@ class Preprocess(nn.Module):
         if size is not None and tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
         return x
-
-
-@dataclasses.dataclass
-class AugmentConfig(Config):
-    """Augmentation suited to overhead imagery (no canonical "up").
-
-    Attributes:
-        hflip: Random horizontal flips.
-        vflip: Random vertical flips.
-        rot90: Random rotations by multiples of 90 degrees.
-        shift: Random translation of up to this many pixels (reflection padding); 0 = off.
-        brightness: Light colour jitter: brightness factor in [1 - b, 1 + b]; 0 = off.
-        contrast: Contrast factor in [1 - c, 1 + c]; 0 = off.
-        mixup: MixUp's Beta(alpha, alpha) parameter: blend pairs of images and their labels;
-            0 = off.
-        cutmix: CutMix's Beta(alpha, alpha) parameter: paste a box of one image into another,
-            labels mixed by area; 0 = off. With both on, each batch uses one of the two.
-        mix_prob: Probability that a batch is mixed at all (when ``mixup`` or ``cutmix`` is on).
-    """
-
-    hflip: bool = True
-    vflip: bool = True
-    rot90: bool = True
-    shift: int = 0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mix_prob: float = 1.0
-
-    def validate(self) -> None:
-        """Check ranges."""
-        if self.shift < 0:
-            raise ConfigError(f"augment.shift must be >= 0, got {self.shift}")
-        for name in ("mixup", "cutmix"):
-            alpha = getattr(self, name)
-            if alpha < 0:
-                raise ConfigError(f"augment.{name} is a Beta parameter >= 0, got {alpha}")
-        if not 0.0 <= self.mix_prob <= 1.0:
-            raise ConfigError(f"augment.mix_prob must be in [0, 1], got {self.mix_prob}")
-        for name in ("brightness", "contrast"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"augment.{name} must be in [0, 1), got {value}")
 
 
 class BatchAugment(nn.Module):
@@ -200,11 +113,6 @@ class BatchMix(nn.Module):
         return mixed.round_().clamp_(0, 255).to(images.dtype), targets
 
 
-def mixing_enabled(config: AugmentConfig) -> bool:
-    """Whether ``config`` mixes batches (MixUp or CutMix on, with a non-zero probability)."""
-    return (config.mixup > 0 or config.cutmix > 0) and config.mix_prob > 0
-
-
 def _where_each(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), a, b)
 
@@ -230,12 +138,3 @@ def _jitter(x: torch.Tensor, brightness: float, contrast: float) -> torch.Tensor
         mean = y.mean(dim=(1, 2, 3), keepdim=True)
         y = (y - mean) * torch.empty(n, 1, 1, 1).uniform_(1 - contrast, 1 + contrast) + mean
     return y.clamp_(0, 255).round_().to(x.dtype)
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    values = tuple(int(v) for v in size)
-    if len(values) != 2:
-        raise ConfigError(f"size must be an int or (height, width), got {size}")
-    return values  # type: ignore[return-value]
