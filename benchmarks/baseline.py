@@ -285,7 +285,7 @@ def ablation_table(paths: list[Path]) -> str:
     ]
     for path in paths:
         for r in RecordList(path).records:
-            cpu = r["latency"].get("cpu", {}).get("model", "?")
+            cpu = cpu_label(r["latency"].get("cpu", {}))
             val = r.get("best_val_accuracy")
             rows.append(
                 f"| `{path.name}` | {r['model']} | `{recipe_changes(r['recipe'], r['model'])}` "
@@ -293,6 +293,14 @@ def ablation_table(paths: list[Path]) -> str:
                 f"| {r['macs'] / 1e6:.0f} M | {r['epochs']} | {r['wall_s'] / 60:.0f} min | {cpu} |"
             )
     return "\n".join(rows)
+
+
+def cpu_label(cpu: dict) -> str:
+    """Model and vector class of a record's CPU: two AMD EPYCs can be 3x apart."""
+    flags = cpu.get("flags", [])
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    model = cpu.get("model", "?")
+    return f"{model} ({vector})" if vector else model
 
 
 def cpu_line(records: list[dict]) -> str:
