@@ -600,7 +600,16 @@ def main() -> None:
         jobs["int8-kernels"] = lambda: int8_kernels(pairs, dataset())
     if args.kernel_models:
         jobs["int8-kernels-untrained"] = lambda: _untrained_kernels(args.kernel_models, dataset())
-    inputs = [p for item in args.kernel_pairs for p in item.split(":")] + [args.ort_quantizer]
+    inputs = [
+        *args.runs,
+        *args.qat_runs,
+        args.mobilenet,
+        *args.graphs,
+        *(args.latency_pair or []),
+        *args.profile,
+        *[p for item in args.kernel_pairs for p in item.split(":")],
+        args.ort_quantizer,
+    ]
     missing = [str(p) for p in inputs if p is not None and not Path(p).exists()]
     if missing:  # before any dataset decoding, not as a traceback minutes in
         raise SystemExit(f"not found: {', '.join(missing)}")
