@@ -20,6 +20,7 @@ from satcompress.data import load_dataset
 from satcompress.models import create_model
 from satcompress.preprocess import InputSpec
 from satcompress.train import TrainConfig, train
+from satcompress.utils.cache import JsonCache
 
 sensitivity_module = importlib.import_module("satcompress.compress.prune.sensitivity")
 
@@ -61,9 +62,13 @@ def test_sensitivity_is_cached_and_reused(dataset, tmp_path, monkeypatch):
     other = config.replace(ratios=(0.25,))
     third = sensitivity(model, dataset, other, tmp_path, input_spec=InputSpec(), progress=False)
     assert not third["cached"] and third["key"] != first["key"]
-    stored = json.loads((tmp_path / "sensitivity.json").read_text())
-    assert set(stored["entries"]) == {first["key"], third["key"]}
+    assert JsonCache(tmp_path / "cache").keys() == sorted([first["key"], third["key"]])
+    latest = json.loads((tmp_path / "sensitivity.json").read_text())
+    assert latest["key"] == third["key"] and latest["units"] == third["units"]
     assert "stem.0" in sensitivity_table(first)
+    fourth = sensitivity(model, dataset, config, tmp_path, input_spec=InputSpec(), progress=False)
+    assert fourth["cached"] and fourth["units"] == units, "both keys stay cached"
+    assert len(calls) == first["evaluations"] + third["evaluations"]
 
 
 def test_magnitude_sensitivity_covers_every_layer_and_the_weights_change_the_key(dataset, tmp_path):

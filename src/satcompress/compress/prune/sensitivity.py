@@ -6,15 +6,20 @@ everything coupled to it, e.g. a whole residual stream; an MLP hidden layer; the
 attention layer). Each unit is pruned alone at each ratio on a copy of the model, and the
 accuracy, parameters and MACs are recorded: what a budget search needs to know where to cut.
 
-The result is cached in ``sensitivity.json`` in the run directory, keyed by the model's
-weights, the data (split fingerprint, split, subset), the input spec and the settings; a rerun
-with the same key returns the stored result without evaluating anything.
+The result is cached through the one result cache (:class:`satcompress.utils.cache.JsonCache`:
+``<run_dir>/cache/<key>.json``), keyed by the model's weights, the data (split fingerprint,
+split, subset), the input spec and the settings; a rerun with the same key returns the stored
+result without evaluating anything. The latest result is also written to
+``<run_dir>/sensitivity.json``.
+
+:func:`prune_units` and :func:`prune_unit` (the units, and a copy with one unit pruned) are
+shared with the per-layer sensitivity table of :mod:`satcompress.pipeline.sensitivity`
+(loss, KL and bytes for bits, channel ratios and sparsities), which supersedes this
+accuracy-only analysis.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -42,11 +47,14 @@ from satcompress.compress.prune.unstructured import apply_magnitude, prunable_la
 from satcompress.data import SceneDataset
 from satcompress.evaluate import count_macs, count_params
 from satcompress.preprocess import InputSpec
-from satcompress.utils.io import atomic_write_json, read_json
+from satcompress.utils.cache import JsonCache
+from satcompress.utils.cache import cache_key as hash_payload
+from satcompress.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 SENSITIVITY_FILE = "sensitivity.json"
+CACHE_DIR = "cache"
 CACHE_FORMAT = "satcompress.sensitivity/1"
 
 
@@ -65,7 +73,8 @@ def sensitivity(
         model: The trained model (not modified).
         dataset: Its dataset (``config.split`` is scored; ``train`` feeds Taylor gradients).
         config: Method, ratios, split, subset size, units.
-        run_dir: Folder of the cache file ``sensitivity.json``; None = no cache.
+        run_dir: Folder of ``sensitivity.json`` (the latest result) and of the cache
+            (``cache/<key>.json``); None = no cache.
         input_spec: The model's input spec.
         progress: Show a progress bar.
 
@@ -79,18 +88,22 @@ def sensitivity(
             cannot be pruned.
     """
     key = cache_key(model, dataset, config, input_spec)
-    path = Path(run_dir) / SENSITIVITY_FILE if run_dir is not None else None
-    cached = read_cached(path, key)
-    if cached is not None:
-        log.info("sensitivity: reusing %s (key %s)", path, key[:12])
-        return {**cached, "cached": True}
-    started = time.perf_counter()
-    result = _analyse(model, dataset, config, input_spec, progress)
-    result = {"format": CACHE_FORMAT, "key": key, **result}
-    result["seconds"] = round(time.perf_counter() - started, 2)
-    if path is not None:
-        write_cached(path, key, result)
-    return {**result, "cached": False}
+    cache = JsonCache(Path(run_dir) / CACHE_DIR) if run_dir is not None else None
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None and cached.get("format") == CACHE_FORMAT:
+        log.info("sensitivity: reusing %s", cache.path(key))
+        result = {**cached, "cached": True}
+    else:
+        started = time.perf_counter()
+        result = _analyse(model, dataset, config, input_spec, progress)
+        result = {"format": CACHE_FORMAT, "key": key, **result}
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        if cache is not None:
+            cache.put(key, result, {"analysis": "prune.sensitivity"})
+        result = {**result, "cached": False}
+    if run_dir is not None:
+        atomic_write_json(Path(run_dir) / SENSITIVITY_FILE, result)
+    return result
 
 
 def cache_key(
@@ -104,7 +117,7 @@ def cache_key(
         "input": spec.to_dict(),
         "config": config.to_dict(),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return hash_payload(payload)
 
 
 def data_fingerprint(dataset: SceneDataset, split: str) -> dict[str, Any]:
@@ -116,25 +129,6 @@ def data_fingerprint(dataset: SceneDataset, split: str) -> dict[str, Any]:
         "image_size": list(dataset.image_size),
         "classes": list(dataset.classes),
     }
-
-
-def read_cached(path: Path | None, key: str) -> dict[str, Any] | None:
-    """The cached result for ``key`` in ``path``, or None."""
-    if path is None or not path.is_file():
-        return None
-    stored = read_json(path)
-    if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT:
-        return None
-    return stored.get("entries", {}).get(key)
-
-
-def write_cached(path: Path, key: str, result: dict[str, Any]) -> None:
-    """Add ``result`` under ``key`` to the cache file (other keys are kept)."""
-    stored = read_json(path) if path.is_file() else {}
-    if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT:
-        stored = {}
-    entries = {**stored.get("entries", {}), key: result}
-    atomic_write_json(path, {"format": CACHE_FORMAT, "entries": entries})
 
 
 def _analyse(
@@ -152,10 +146,10 @@ def _analyse(
         count = config.taylor_batches * config.batch_size
         accumulate_gradients(work, *subset(dataset, "train", count, config.seed), spec)
     baseline = accuracy(work, images, labels, spec, config.batch_size)
-    units = _select(_units(work, config, example), config.layers)
+    units = _select(prune_units(work, config.method, example), config.layers)
     jobs = [(unit, ratio) for unit in units for ratio in config.ratios]
     for unit, ratio in tqdm(jobs, desc="sensitivity", disable=not progress, leave=False):
-        pruned = _prune_unit(work, config, example, unit["name"], ratio)
+        pruned = prune_unit(work, config.method, example, unit["name"], ratio)
         if isinstance(pruned, str):
             unit["results"].append({"ratio": ratio, "error": pruned})
             continue
@@ -173,13 +167,30 @@ def _analyse(
     }
 
 
-def _units(model: nn.Module, config: SensitivityConfig, example: torch.Tensor) -> list[dict]:
-    if config.method == "magnitude":
+def prune_units(model: nn.Module, method: str, example: torch.Tensor) -> list[dict[str, Any]]:
+    """The units a pruning ``method`` cuts, each alone: layers or coupled channel groups.
+
+    Args:
+        model: The model (not modified; for transformers, split its
+            ``nn.MultiheadAttention`` layers first, as :func:`sensitivity` does).
+        method: ``magnitude`` (units = every convolution and linear layer) or a structured
+            method (units = Torch-Pruning's groups: channels with everything coupled to them,
+            and the attention layers' heads).
+        example: A float input batch for tracing the graph.
+
+    Returns:
+        ``[{"name", "kind", "size", "members", "results": []}]`` in model order; ``kind`` is
+        ``weights``, ``channels`` or ``heads``.
+
+    Raises:
+        PruningError: If the model cannot be traced or holds no prunable group.
+    """
+    if method == "magnitude":
         return [
             _unit(name, "weights", int(m.weight.numel()), [name])
             for name, m in prunable_layers(model).items()
         ]
-    probe = StructuredPruner(clone(model), PruneConfig(method=config.method, ratio=0.0), example)
+    probe = StructuredPruner(clone(model), PruneConfig(method=method, ratio=0.0), example)
     return [_unit(g.name, g.kind, g.size, g.members) for g in probe.groups()]
 
 
@@ -197,18 +208,30 @@ def _select(units: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any
     return [u for u in units if u["name"] in names]
 
 
-def _prune_unit(
-    model: nn.Module, config: SensitivityConfig, example: torch.Tensor, name: str, ratio: float
+def prune_unit(
+    model: nn.Module, method: str, example: torch.Tensor, name: str, ratio: float
 ) -> nn.Module | str:
-    """A copy of ``model`` with only unit ``name`` pruned at ``ratio`` (or an error text)."""
+    """A copy of ``model`` with only unit ``name`` pruned at ``ratio`` (or an error text).
+
+    Args:
+        model: The model (not modified); its ``.grad`` tensors feed ``taylor``.
+        method: ``magnitude`` (zero that layer's smallest weights) or a structured method
+            (remove that fraction of the group's channels or heads).
+        example: A float input batch for tracing the graph.
+        name: A unit name from :func:`prune_units`.
+        ratio: Fraction of weights (magnitude) or channels/heads removed.
+
+    Returns:
+        The pruned copy, or the message of the :class:`PruningError` that prevented it.
+    """
     copy = clone(model)
-    if config.method == "magnitude":
+    if method == "magnitude":
         apply_magnitude({name: prunable_layers(copy)[name]}, ratio)
         return copy
     copy_gradients(model, copy)
     try:
         pruner = StructuredPruner(
-            copy, PruneConfig(method=config.method, ratio=0.0), example, {name: ratio}
+            copy, PruneConfig(method=method, ratio=0.0), example, {name: ratio}
         )
         pruner.step()
     except PruningError as err:
