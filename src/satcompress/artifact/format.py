@@ -25,6 +25,10 @@ bytes (zero-masked when sparse). ``stats`` gives ``bound_bytes`` = sum(params x 
 (float parameters at their own width; scales and zero points excluded) to compare with the
 file size.
 
+:func:`encode_artifact` builds the file in memory (an :class:`EncodedArtifact`);
+:func:`write_artifact` writes it. :func:`file_size` gives a manifest's file size without the
+payload, which :mod:`satcompress.artifact.encode` uses to predict sizes.
+
 Loading (:func:`load_artifact`) checks magic, version, length and checksum before reading
 anything, then rebuilds the ONNX model bit-exactly: low-bit weights come back as ``int8``
 initializers of an int8 QDQ graph that ONNX Runtime runs.
@@ -73,11 +77,15 @@ __all__ = [
     "Artifact",
     "ArtifactError",
     "ChecksumError",
+    "EncodedArtifact",
     "IncompatibleVersionError",
     "NotAnArtifactError",
     "TruncatedArtifactError",
     "UnsupportedBitsError",
     "artifact_format",
+    "build_manifest",
+    "encode_artifact",
+    "file_size",
     "load_artifact",
     "read_manifest",
     "write_artifact",
@@ -102,6 +110,97 @@ class ChecksumError(ArtifactError):
 
 class IncompatibleVersionError(ArtifactError):
     """The file was written in a format version this satcompress cannot read."""
+
+
+@dataclasses.dataclass
+class EncodedArtifact:
+    """An artifact built in memory (see :func:`encode_artifact`).
+
+    Attributes:
+        data: The file's bytes.
+        manifest: Its manifest.
+    """
+
+    data: bytes
+    manifest: dict[str, Any]
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes the file will take."""
+        return len(self.data)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the file (atomically) and return its path."""
+        return atomic_write_bytes(path, self.data)
+
+
+def encode_artifact(
+    model: onnx.ModelProto | str | Path,
+    *,
+    bits: Mapping[str, int] | None = None,
+    layers: Mapping[str, str] | None = None,
+    info: Mapping[str, Any] | None = None,
+    compress: bool = True,
+) -> EncodedArtifact:
+    """Build an artifact in memory from an ONNX model (arguments as :func:`write_artifact`).
+
+    Raises:
+        UnsupportedBitsError: If a bit-width is not 1..8 or a tensor's values do not fit it.
+        ArtifactError: If an initializer has a type the artifact cannot store exactly.
+    """
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    bits = dict(bits or {})
+    unknown = sorted(set(bits) - {t.name for t in proto.graph.initializer})
+    if unknown:
+        raise ArtifactError(f"bits given for tensors not in the model: {', '.join(unknown[:5])}")
+    uses = _initializer_uses(proto)
+    payload = bytearray()
+    entries = []
+    for tensor in proto.graph.initializer:
+        entry, data = _encode_tensor(tensor, bits, uses, dict(layers or {}), compress)
+        entry.update(offset=len(payload), length=len(data))
+        payload += data
+        entries.append(entry)
+    skeleton = _skeleton_bytes(proto)
+    payload += skeleton
+    metadata = {p.key: _maybe_json(p.value) for p in proto.metadata_props}
+    manifest = build_manifest(metadata, entries, len(skeleton), info)
+    return EncodedArtifact(_assemble(manifest, bytes(payload)), manifest)
+
+
+def build_manifest(
+    metadata: Mapping[str, Any],
+    entries: list[dict[str, Any]],
+    skeleton_length: int,
+    info: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest of a model with this ONNX ``metadata`` and these tensor ``entries``.
+
+    Args:
+        metadata: The ONNX model's metadata (JSON values decoded).
+        entries: One entry per stored tensor, in payload order, offsets and lengths set.
+        skeleton_length: Bytes of the LZMA'd graph skeleton (stored after the tensors).
+        info: The description stored at the top level.
+    """
+    offset = sum(int(t["length"]) for t in entries)
+    graph = {"offset": offset, "length": skeleton_length, "compression": "lzma"}
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **dict(info or {}),
+        "metadata": dict(metadata),
+        "graph": graph,
+        "stats": _stats(entries),
+        "tensors": entries,
+    }
+
+
+def file_size(manifest: Mapping[str, Any]) -> int:
+    """Bytes of the file holding ``manifest``: header, manifest JSON, payload, checksum."""
+    text = json.dumps(manifest, separators=(",", ":")).encode("utf-8")
+    payload = int(manifest["graph"]["offset"]) + int(manifest["graph"]["length"])
+    return HEADER.size + len(text) + payload + DIGEST_SIZE
 
 
 def write_artifact(
@@ -133,35 +232,9 @@ def write_artifact(
         UnsupportedBitsError: If a bit-width is not 1..8 or a tensor's values do not fit it.
         ArtifactError: If an initializer has a type the artifact cannot store exactly.
     """
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-    bits = dict(bits or {})
-    unknown = sorted(set(bits) - {t.name for t in proto.graph.initializer})
-    if unknown:
-        raise ArtifactError(f"bits given for tensors not in the model: {', '.join(unknown[:5])}")
-    uses = _initializer_uses(proto)
-    payload = bytearray()
-    entries = []
-    for tensor in proto.graph.initializer:
-        entry, data = _encode_tensor(tensor, bits, uses, dict(layers or {}), compress)
-        entry.update(offset=len(payload), length=len(data))
-        payload += data
-        entries.append(entry)
-    skeleton = _skeleton_bytes(proto)
-    graph = {"offset": len(payload), "length": len(skeleton), "compression": "lzma"}
-    payload += skeleton
-    manifest = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **dict(info or {}),
-        "metadata": {p.key: _maybe_json(p.value) for p in proto.metadata_props},
-        "graph": graph,
-        "stats": _stats(entries),
-        "tensors": entries,
-    }
-    blob = _assemble(manifest, bytes(payload))
-    atomic_write_bytes(path, blob)
-    return {**manifest, "size_bytes": len(blob)}
+    encoded = encode_artifact(model, bits=bits, layers=layers, info=info, compress=compress)
+    encoded.write(path)
+    return {**encoded.manifest, "size_bytes": encoded.size_bytes}
 
 
 @dataclasses.dataclass
