@@ -11,18 +11,17 @@ import torch
 from torch import nn
 
 from satcompress.artifact.onnx import make_session, run_session
+from satcompress.checkpoint import load_trained
 from satcompress.compress.prune import (
     PruneConfig,
     PruningError,
     StructuredPruner,
-    is_pruned,
-    load_pruned,
-    prune,
 )
 from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.evaluate import evaluate
 from satcompress.models import create_model
+from satcompress.pipeline import prune
 from satcompress.preprocess import InputSpec, Preprocess
 from satcompress.train import TrainConfig
 
@@ -131,7 +130,7 @@ def test_vit_heads_are_removed_with_consistent_shapes(pruned_runs):
         assert attn.proj.in_features == attn.attn_dim
         assert attn.proj.out_features == 32, "the embedding width is kept"
         assert block.mlp.fc1.out_features == 32
-    summary = pruned_runs["vit"].summary
+    summary = pruned_runs["vit"].details.summary
     assert summary["layers"]["blocks.0.attn.heads"] == {"before": 2, "after": 1}
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
@@ -144,11 +143,11 @@ def test_pruned_models_survive_a_fresh_process_and_onnx(pruned_runs, tmp_path):
     script = textwrap.dedent(
         f"""
         import numpy as np, torch
-        from satcompress.compress.prune import load_pruned
+        from satcompress.checkpoint import load_trained
         from satcompress.preprocess import Preprocess
         images = torch.from_numpy(np.load({str(tmp_path / "images.npy")!r}))
         for name, run in {runs!r}.items():
-            loaded = load_pruned(run)
+            loaded = load_trained(run)
             with torch.no_grad():
                 logits = loaded.model(Preprocess(loaded.input_spec)(images)).numpy()
             np.save({str(tmp_path)!r} + "/" + name + ".npy", logits)
@@ -166,7 +165,7 @@ def test_pruned_models_survive_a_fresh_process_and_onnx(pruned_runs, tmp_path):
 
 def test_run_directory_holds_a_pickle_free_pruned_model(pruned_runs):
     run = pruned_runs["resnet"].run_dir
-    assert is_pruned(run)
+    assert load_trained(run).kind == "pruned"
     card = json.loads((run / "model.json").read_text())
     arch = json.loads((run / "pruning.json").read_text())
     assert card["pruning"] == "pruning.json" and card["model"] == "test_resnet"
@@ -174,7 +173,7 @@ def test_run_directory_holds_a_pickle_free_pruned_model(pruned_runs):
     assert (run / "prune_summary.json").is_file() and (run / "finetune" / "step2").is_dir()
     again = json.loads((pruned_runs["again"].run_dir / "pruning.json").read_text())
     assert again["history"][: len(arch["history"])] == arch["history"]
-    loaded = load_pruned(run)
+    loaded = load_trained(run)
     assert loaded.card["classes"] == pruned_runs["baseline"]["classes"]
 
 
@@ -248,8 +247,8 @@ def test_prune_refuses_a_used_run_directory(pruned_runs, dataset):
 
 @pytest.mark.slow
 def test_clip_tower_heads_and_mlp_are_pruned_and_reloaded():
-    from satcompress.compress.prune import rebuild, split_multihead_attention
-    from satcompress.compress.prune.io import architecture
+    from satcompress.compress.prune import split_multihead_attention
+    from satcompress.models.pruned import architecture, rebuild
 
     model = create_model("clip_vit_b32", 10, image_size=32).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -287,5 +286,5 @@ def test_weights_with_a_hand_written_card_are_pruned(dataset, tmp_path):
     config = PruneConfig(method="l1", ratio=0.5)
     result = prune(tmp_path / "w.safetensors", dataset, config, tmp_path / "p", latency=None)
     assert result.input_spec.mean == (0.3, 0.4, 0.4)
-    assert result.summary["params_ratio"] > 3
-    assert load_pruned(tmp_path / "p").card["model"] == "test_cnn"
+    assert result.details.summary["params_ratio"] > 3
+    assert load_trained(tmp_path / "p").card["model"] == "test_cnn"

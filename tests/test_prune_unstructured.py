@@ -19,12 +19,12 @@ from satcompress.compress.prune import (
     cubic_schedule,
     make_permanent,
     prunable_layers,
-    prune,
     sparsity_report,
 )
 from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.models import create_model
+from satcompress.pipeline import prune
 from satcompress.preprocess import InputSpec
 from satcompress.train import TrainConfig
 
@@ -163,8 +163,8 @@ def test_gradual_pruning_raises_sparsity_per_epoch_and_keeps_the_final_one(
     )
     assert seen == pytest.approx([0.7, 0.8, 0.8], abs=1e-3)
     # the best checkpoint is chosen among epochs at the final sparsity only
-    assert result.summary["sparsity"] == pytest.approx(0.8, abs=1e-3)
-    assert result.summary["steps"][0]["schedule"] == [0.7, 0.8]
+    assert result.details.summary["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert result.details.summary["steps"][0]["schedule"] == [0.7, 0.8]
     assert result.card["recipe"]["finetune"]["ema_decay"] is None
 
 

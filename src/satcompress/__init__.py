@@ -7,6 +7,12 @@ The Python API under every command::
     ds = sc.load_dataset("eurosat", "../shared/data")
     result = sc.train(sc.TrainConfig(model="resnet18", epochs=20), "runs/r18", dataset=ds)
     record = sc.evaluate(result.model, ds, result.input_spec, model_name="resnet18")
+
+Stages compose, each taking the previous one's output (``satcompress.pipeline``)::
+
+    pruned = sc.prune("runs/r18", None, sc.PruneConfig(method="l1", ratio=0.5), "runs/p")
+    quant = sc.quantize(pruned, None, sc.QATConfig(bits=4), "runs/p_q4")
+    sc.load("runs/p_q4/model.satc").card["lineage"]  # train, prune, quantize
 """
 
 from __future__ import annotations
@@ -25,6 +31,17 @@ __all__ = [
             "load_trained": "checkpoint",
             "DistillConfig": "compress.distill",
             "distill": "compress.distill",
+            "PruneConfig": "compress.prune",
+            "PTQConfig": "compress.quantize",
+            "QATConfig": "compress.quantize",
+            "EvalConfig": "pipeline",
+            "ExportConfig": "pipeline",
+            "StageResult": "pipeline",
+            "export": "pipeline",
+            "load": "pipeline",
+            "prune": "pipeline",
+            "quantize": "pipeline",
+            "run": "pipeline",
             "SceneDataModule": "data",
             "load_dataset": "data",
             "LatencyConfig": "evaluate",

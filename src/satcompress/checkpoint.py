@@ -8,21 +8,33 @@ from typing import Any
 
 from torch import nn
 
+from satcompress.card import CARD_FORMAT, is_pruned
 from satcompress.models import create_model
+from satcompress.models.pruned import build_pruned, pruning_file
 from satcompress.preprocess import InputSpec
 from satcompress.utils.io import read_json
 
-CARD_FORMAT = "satcompress.card/1"
+__all__ = ["CARD_FORMAT", "TrainedModel", "load_trained", "read_card", "weights_file"]
 
 
 @dataclasses.dataclass
 class TrainedModel:
-    """A model with what is needed to prepare its inputs and check its classes."""
+    """A model with what is needed to prepare its inputs and check its classes.
+
+    Attributes:
+        model: The model (eval mode); for ``kind == "artifact"`` the loaded artifact.
+        input_spec: Its input resolution and normalisation.
+        card: Its model card.
+        weights_path: The file it was loaded from.
+        kind: ``weights`` (plain), ``pruned`` (structurally), ``qat`` (fake-quantized) or
+            ``artifact`` (a ``.satc`` file: already deployable, not a PyTorch model).
+    """
 
     model: nn.Module
     input_spec: InputSpec
     card: dict[str, Any]
     weights_path: Path
+    kind: str = "weights"
 
 
 def find_card(weights: Path) -> Path | None:
@@ -84,11 +96,8 @@ def load_trained(
     """
     weights = weights_file(path)
     card = read_card(weights)
-    if card.get("pruning"):  # structurally pruned: rebuild the pruned architecture
-        from satcompress.compress.prune.io import is_pruned, load_pruned
-
-        if is_pruned(weights):
-            return load_pruned(weights)
+    if is_pruned(card):  # structurally pruned: rebuild the pruned architecture
+        return load_pruned(weights, card)
     name = model_name or card.get("model") or _name_from_arch(card)
     classes = card.get("classes")
     count = num_classes or card.get("num_classes") or (len(classes) if classes else None)
@@ -102,6 +111,29 @@ def load_trained(
     model = create_model(name, int(count), weights=str(weights), **kwargs).eval()
     card = {**card, "model": name, "num_classes": int(count)}
     return TrainedModel(model, spec, card, weights)
+
+
+def load_pruned(weights: Path, card: dict[str, Any]) -> TrainedModel:
+    """A structurally pruned model: its registry model, the pruned shapes, its weights.
+
+    Raises:
+        FileNotFoundError: If the card names a ``pruning.json`` that is not there.
+    """
+    arch_path = pruning_file(weights, card)
+    if arch_path is None:
+        raise FileNotFoundError(
+            f"{weights}: its card says it was pruned, but {card['pruning']} is missing beside it"
+        )
+    model = build_pruned(card, read_json(arch_path), weights)
+    return TrainedModel(model, _spec_from_card(card), card, weights, kind="pruned")
+
+
+def pruning_architecture(trained: TrainedModel) -> dict[str, Any] | None:
+    """The ``pruning.json`` content of a loaded pruned model (None if it was not pruned)."""
+    if not is_pruned(trained.card):
+        return None
+    path = pruning_file(trained.weights_path, trained.card)
+    return read_json(path) if path else None
 
 
 def _spec_from_card(card: dict[str, Any]) -> InputSpec:

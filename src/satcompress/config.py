@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -20,9 +20,24 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
 
 
+_REGISTRY: dict[str, type[Config]] = {}
+
+
 @dataclasses.dataclass
 class Config:
-    """Base class: dict/YAML round-trip plus a ``validate`` hook run on creation."""
+    """Base class: dict/YAML round-trip plus a ``validate`` hook run on creation.
+
+    Every subclass is registered by its class name, so a config serialised with
+    :meth:`serialize` (its fields plus ``type`` and ``version``) comes back as the same class
+    from :func:`config_from_dict`; stages dispatch on the config's type.
+    """
+
+    #: Bumped when a config's fields change meaning; stored with every serialised config.
+    VERSION: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
 
     def __post_init__(self) -> None:
         self.validate()
@@ -33,6 +48,10 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict of the fields (paths become strings)."""
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def serialize(self) -> dict[str, Any]:
+        """``to_dict()`` plus ``type`` (class name) and ``version``: a recipe that rebuilds it."""
+        return {"type": type(self).__name__, "version": self.VERSION, **self.to_dict()}
 
     @classmethod
     def from_dict(cls: type[C], values: dict[str, Any]) -> C:
@@ -56,6 +75,27 @@ class Config:
     def replace(self: C, **changes: Any) -> C:
         """Copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a config serialised by :meth:`Config.serialize` (dispatching on ``type``).
+
+    Raises:
+        ConfigError: If ``type`` is missing or names no known config, or the version is newer.
+    """
+    values = dict(values)
+    name = values.pop("type", None)
+    version = values.pop("version", 1)
+    cls = _REGISTRY.get(str(name))
+    if cls is None:
+        raise ConfigError(
+            f"unknown config type {name!r}; known types: {', '.join(sorted(_REGISTRY))}"
+        )
+    if int(version) > cls.VERSION:
+        raise ConfigError(
+            f"{name} version {version} is newer than this satcompress reads ({cls.VERSION})"
+        )
+    return cls.from_dict(values)
 
 
 def parse_value(text: str) -> Any:

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheck
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
-from satcompress.checkpoint import CARD_FORMAT
+from satcompress.card import CARD_FORMAT, DataSource, serialize_config
 from satcompress.config import ConfigError
 from satcompress.data import SceneDataModule, SceneDataset, load_dataset
 from satcompress.models import create_model, model_info
@@ -281,6 +281,9 @@ def train(
         "world_size": trainer.world_size,
     }
     card = make_card(config.model, config.model_kwargs, dataset, spec, config.to_dict())
+    card["lineage"] = [
+        {"stage": "train", "config": serialize_config(config), "input_card_hash": None}
+    ]
     card["val_accuracy"] = summary["best_val_accuracy"]
     if trainer.is_global_zero:
         save_weights(model, weights_path)
@@ -312,6 +315,7 @@ def make_card(
         "image_size": list(dataset.image_size),
         "split_source": dataset.split_source,
         "split_fingerprint": dataset.split_fingerprint,
+        "data": DataSource.of(dataset, seed=int(recipe.get("seed", 0))).to_dict(),
         "recipe": recipe,
     }
 

@@ -6,9 +6,8 @@ model or any teacher); ``magnitude`` zeroes weights one-shot or on a gradual sch
 fine-tuning. The run directory receives the pruned ``model.safetensors``, its card
 ``model.json`` (recipe included), ``pruning.json`` for structured pruning (see
 :mod:`satcompress.compress.prune.io`), ``prune_summary.json``, each fine-tuning run under
-``finetune/``, and, from :func:`satcompress.evaluate.evaluate`, ``model.onnx`` and
-``record.json`` (params, MACs, ONNX size and latency; per-layer widths or sparsity under
-``pruning``).
+``finetune/``. Measuring it (ONNX export, artifact, record) is the pipeline's prune stage
+(:func:`satcompress.pipeline.prune`).
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from satcompress.artifact.format import artifact_format, write_artifact
-from satcompress.artifact.manifest import artifact_info, dataset_info
-from satcompress.checkpoint import TrainedModel, load_trained, read_card
+from satcompress.card import check_classes, training_recipe
+from satcompress.checkpoint import TrainedModel, load_trained, pruning_architecture, read_card
 from satcompress.compress.distill import (
     DistillationLoss,
     DistillConfig,
@@ -35,13 +33,6 @@ from satcompress.compress.distill import (
 )
 from satcompress.compress.prune.common import clone, example_input, subset
 from satcompress.compress.prune.config import PruneConfig
-from satcompress.compress.prune.io import (
-    PRUNING_FILE,
-    architecture,
-    is_pruned,
-    load_pruned,
-    save_pruned,
-)
 from satcompress.compress.prune.structured import Calibration, StructuredPruner, layer_widths
 from satcompress.compress.prune.transformers import split_multihead_attention
 from satcompress.compress.prune.unstructured import (
@@ -54,15 +45,13 @@ from satcompress.compress.prune.unstructured import (
 )
 from satcompress.config import ConfigError
 from satcompress.data import SceneDataset
-from satcompress.evaluate import LatencyConfig, count_macs, count_params, evaluate
-from satcompress.evaluate.evaluate import DEFAULT_LATENCY
 from satcompress.models import save_weights
+from satcompress.models.pruned import architecture, save_pruned
+from satcompress.models.stats import count_macs, count_params
 from satcompress.preprocess import InputSpec
 from satcompress.train import TrainConfig, make_card, train
-from satcompress.train.trainer import CARD_FORMAT
-from satcompress.utils.io import atomic_write_json, file_digest, read_json
+from satcompress.utils.io import atomic_write_json, file_digest
 
-ARTIFACT_NAME = "model.satc"
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "prune_summary.json"
@@ -79,7 +68,7 @@ class PruneResult:
         weights_path: The pruned weights (``model.safetensors``).
         card: Its card (``model.json``), with the pruning recipe.
         summary: Costs before/after, per-step figures, per-layer widths or sparsity.
-        record: The evaluation record (None with ``evaluate_model=False``).
+        record: The evaluation record, set by the pipeline's prune stage (None here).
     """
 
     model: nn.Module
@@ -126,13 +115,10 @@ def prune(
     teacher: str | Path | nn.Module | Teacher | None = None,
     teacher_weights: str | Path | None = None,
     distill_config: DistillConfig | None = None,
-    model_name: str | None = None,
-    evaluate_model: bool = True,
-    latency: LatencyConfig | None = DEFAULT_LATENCY,
     progress: bool = True,
     callbacks: list[Callback] | None = None,
 ) -> PruneResult:
-    """Prune ``model`` as ``config`` says, fine-tune it, save it, and evaluate it in ONNX Runtime.
+    """Prune ``model`` as ``config`` says, fine-tune it and save it (weights, card, summary).
 
     The caller's model is not modified: a copy is pruned.
 
@@ -151,9 +137,6 @@ def prune(
             :func:`satcompress.compress.distill.load_teacher` accepts.
         teacher_weights: Weights of a registry-name teacher.
         distill_config: Distillation settings (default ``DistillConfig()``).
-        model_name: Name in the record (default: the card's model name).
-        evaluate_model: Export to ONNX and write ``record.json``.
-        latency: How to time the ONNX file; None skips timing.
         progress: Show progress bars.
         callbacks: Extra Lightning callbacks for the fine-tuning runs.
 
@@ -188,7 +171,7 @@ def prune(
     summary = _summary(config, before, _cost(work, example), steps, details, widths, work)
     summary["wall_s"] = round(time.perf_counter() - started, 2)
     recipe = prune_recipe(config, ft_config, source.card, found, distill_config)
-    return _finish(run, source, summary, recipe, arch, model_name, evaluate_model, latency)
+    return _finish(run, source, summary, recipe, arch)
 
 
 def finetune_config(
@@ -220,24 +203,6 @@ def finetune_config(
     if not config.structured:
         changes["ema_decay"] = None  # masked weights cannot be deep-copied into an average
     return base.replace(**changes)
-
-
-def training_recipe(card: dict[str, Any]) -> dict[str, Any]:
-    """The ``TrainConfig`` options in a satcompress card's recipe ({} for other cards).
-
-    A pruned model's recipe gives those of its fine-tuning, else those of the model it was
-    pruned from.
-    """
-    if card.get("format") != CARD_FORMAT:
-        return {}  # e.g. a hand-written card whose recipe is prose
-    return _train_options(card.get("recipe"))
-
-
-def _train_options(recipe: dict[str, Any] | None) -> dict[str, Any]:
-    recipe = dict(recipe or {})
-    if recipe.get("stage") != "prune":
-        return recipe
-    return dict(recipe.get("finetune") or _train_options(recipe.get("base", {}).get("recipe")))
 
 
 def _config_from_card(card: dict[str, Any]) -> TrainConfig:
@@ -281,12 +246,11 @@ def _resolve_source(
     model: Any, spec: InputSpec | None, card: dict[str, Any] | None, dataset: SceneDataset
 ) -> _Source:
     if isinstance(model, (str, Path)):
-        pruned = is_pruned(model)
-        count = len(dataset.classes)
-        loaded = load_pruned(model) if pruned else load_trained(model, num_classes=count)
-        _check_classes(loaded.card, dataset, model)
-        arch = read_json(loaded.weights_path.parent / loaded.card["pruning"]) if pruned else None
-        return _Source(loaded.model, spec or loaded.input_spec, loaded.card, arch)
+        model = load_trained(model, num_classes=len(dataset.classes))
+    if isinstance(model, TrainedModel):
+        check_classes(model.card, dataset.classes, model.weights_path)
+        arch = pruning_architecture(model)
+        return _Source(model.model, spec or model.input_spec, model.card, arch)
     if isinstance(model, nn.Module):
         if spec is None:
             raise ConfigError(
@@ -295,23 +259,10 @@ def _resolve_source(
         found = dict(card or {})
         found.setdefault("classes", list(dataset.classes))
         return _Source(model, spec, found, None)
-    if hasattr(model, "model") and hasattr(model, "input_spec"):
+    if hasattr(model, "model") and hasattr(model, "input_spec"):  # a TrainResult
         found = dict(getattr(model, "card", {}) or card or {})
-        weights = getattr(model, "weights_path", None)
-        arch = None
-        if weights is not None and found.get("pruning"):
-            arch = read_json(Path(weights).parent / found["pruning"])
-        return _Source(model.model, spec or model.input_spec, found, arch)
+        return _Source(model.model, spec or model.input_spec, found, None)
     raise ConfigError(f"cannot prune a {type(model).__name__}: give a module, run or weights")
-
-
-def _check_classes(card: dict[str, Any], dataset: SceneDataset, path: Any) -> None:
-    expected = card.get("classes")
-    if expected is not None and list(expected) != list(dataset.classes):
-        raise ConfigError(
-            f"{path} was trained on classes {expected}, but the dataset {dataset.name} has "
-            f"{list(dataset.classes)}"
-        )
 
 
 def _prepare_run_dir(run_dir: Path) -> Path:
@@ -478,14 +429,10 @@ def _finish(
     summary: dict[str, Any],
     recipe: dict[str, Any],
     arch: dict[str, Any] | None,
-    model_name: str | None,
-    evaluate_model: bool,
-    latency: LatencyConfig | None,
 ) -> PruneResult:
-    """Save weights, card (and architecture), summary; evaluate in ONNX Runtime."""
-    name = model_name or source.card.get("model") or type(run.model).__name__
+    """Save weights, card (and architecture) and summary."""
     card = make_card(
-        source.card.get("model", name),
+        source.card.get("model", type(run.model).__name__),
         source.card.get("model_kwargs", {}),
         run.dataset,
         run.spec,
@@ -494,65 +441,13 @@ def _finish(
     card["val_accuracy"] = _last_val_accuracy(summary)
     if arch is not None:
         weights = save_pruned(run.model, run.run_dir, card, arch)
-        card = {**card, "pruning": PRUNING_FILE}
     else:
         weights = save_weights(run.model, run.run_dir / "model.safetensors")
         card["weights_sha256"] = file_digest(weights, "sha256")
         atomic_write_json(run.run_dir / "model.json", card)
     card = read_card(weights)
     atomic_write_json(run.run_dir / SUMMARY_FILE, summary)
-    record = None
-    if evaluate_model:
-        record = evaluate(
-            run.model,
-            run.dataset,
-            run.spec,
-            model_name=name,
-            recipe=recipe,
-            run_dir=run.run_dir,
-            latency=latency,
-            extra={"pruning": summary},
-            progress=run.progress,
-        )
-        record = _with_artifact(record, run, name, recipe)
-    return PruneResult(run.model, run.spec, run.run_dir, weights, card, summary, record)
-
-
-def _with_artifact(
-    record: dict[str, Any],
-    run: _Run,
-    name: str,
-    recipe: dict[str, Any],
-) -> dict[str, Any]:
-    """Pack the evaluated ONNX file into the deployable artifact, which the record then sizes.
-
-    The artifact stores exactly the ONNX file's weights (each tensor's round trip is checked
-    on writing), with the zeros of unstructured pruning as mask bits: the accuracy and
-    latency measured on the ONNX file are the artifact's, and ``size_bytes`` becomes its
-    bytes on disk (``onnx_bytes`` keeps the plain file's).
-    """
-    info = artifact_info(
-        name,
-        list(run.dataset.classes),
-        run.spec,
-        run.dataset.image_size,
-        params=record["params"],
-        macs=record["macs"],
-        recipe=recipe,
-        **dataset_info(run.dataset),
-    )
-    path = run.run_dir / ARTIFACT_NAME
-    manifest = write_artifact(run.run_dir / "model.onnx", path, info=info)
-    record = {
-        **record,
-        "onnx_bytes": record["size_bytes"],
-        "size_bytes": int(manifest["size_bytes"]),
-        "format": artifact_format(manifest),
-        "bound_bytes": float(manifest["stats"]["bound_bytes"]),
-        "artifact": {"path": str(path), "stats": manifest["stats"]},
-    }
-    atomic_write_json(run.run_dir / "record.json", record)
-    return record
+    return PruneResult(run.model, run.spec, run.run_dir, weights, card, summary)
 
 
 def _last_val_accuracy(summary: dict[str, Any]) -> float | None:

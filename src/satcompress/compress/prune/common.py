@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from satcompress.data import SceneDataset
+from satcompress.models.attention import ArchitectureError
 from satcompress.preprocess import InputSpec, Preprocess
 
 _MAX_LISTED = 12
 
 
-class PruningError(ValueError):
+class PruningError(ArchitectureError):
     """Pruning cannot proceed; the message names the cause and, where possible, the fix."""
 
 

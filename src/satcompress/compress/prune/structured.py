@@ -14,11 +14,9 @@ all members of a residual sum) for this project's models:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch_pruning as tp
@@ -37,6 +35,7 @@ from satcompress.compress.prune.transformers import (
     split_multihead_attention,
     sync_attention,
 )
+from satcompress.models.pruned import quiet_tracing
 from satcompress.preprocess import InputSpec
 
 #: Width given to attention groups so Torch-Pruning visits them; their dims are never pruned
@@ -298,18 +297,6 @@ class StructuredPruner:
             [str(name), bool(out), [int(i) for i in idxs]]
             for name, out, idxs in self.pruner.pruning_history()
         ]
-
-
-@contextlib.contextmanager
-def quiet_tracing() -> Iterator[None]:
-    """Hide Torch-Pruning's notice about parameters outside layers.
-
-    In ViTs these are the class token and position embedding: they belong to the embedding
-    width, which is never pruned here.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        yield
 
 
 def _check_bn(model: nn.Module, method: str) -> None:

@@ -1,8 +1,10 @@
 """Quantization: ONNX Runtime int8 PTQ and Brevitas QAT down to 1 bit, ending in an artifact.
 
-Example:
-    >>> result = quantize("runs/r18", "qat", run_dir="runs/r18_q4", config=QATConfig(bits=4))
-    >>> result.size_bytes, result.bound_bytes, result.record["accuracy"]
+The quantize stage (ending in a ``.satc`` artifact and its record) is
+:func:`satcompress.pipeline.quantize`::
+
+    >>> result = sc.quantize("runs/r18", None, QATConfig(bits=4), "runs/r18_q4")
+    >>> result.size_bytes, result.record["accuracy"]
 
 The configs import at once; everything else (Brevitas takes seconds to import) on first use.
 """
@@ -23,12 +25,6 @@ __all__ = [
     *lazy_package(
         __name__,
         {
-            "QuantizeResult": "api",
-            "dataset_for": "api",
-            "evaluate_artifact": "api",
-            "export_qat": "api",
-            "pytorch_accuracy": "api",
-            "quantize": "api",
             "export_qat_onnx": "export",
             "calibration_images": "ptq",
             "quantize_onnx": "ptq",

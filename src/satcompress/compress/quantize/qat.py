@@ -44,12 +44,15 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from satcompress.checkpoint import TrainedModel, load_trained
+from satcompress.card import check_classes as check_card_classes
+from satcompress.card import training_recipe
+from satcompress.checkpoint import TrainedModel, load_trained, pruning_architecture
 from satcompress.compress.distill import DistillationLoss, check_teacher_classes, load_teacher
 from satcompress.compress.quantize.config import FLOAT_BITS, QATConfig
 from satcompress.config import ConfigError
 from satcompress.data import SceneDataset
 from satcompress.models import create_model
+from satcompress.models.pruned import rebuild
 from satcompress.models.weights import save_weights
 from satcompress.preprocess import InputSpec, Preprocess
 from satcompress.train import TrainConfig, TrainResult, load_config_dataset, make_card, train
@@ -512,6 +515,8 @@ def load_qat_model(run_dir: str | Path) -> tuple[nn.Module, InputSpec, dict[str,
     source = settings["source"]
     spec = InputSpec.from_dict(source["input"])
     base = create_model(source["model"], int(source["num_classes"]), **source["model_kwargs"])
+    if source.get("pruning"):  # quantized after structural pruning: the pruned shapes first
+        rebuild(base, source["pruning"])
     probe = torch.zeros(2, 3, *(spec.size or tuple(source["image_size"])))
     # Runs saved before quant_after_activation existed placed every quantizer on the norms.
     saved = {"quant_after_activation": False, **settings["qat"]}
@@ -534,7 +539,7 @@ def qat_train_config(
     and the checkpoint's exact normalisation; ``overrides`` win over all of these.
     """
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    recipe = {k: v for k, v in dict(card.get("recipe") or {}).items() if k in names}
+    recipe = {k: v for k, v in training_recipe(card).items() if k in names}
     base_lr = float(recipe.get("lr", TrainConfig.lr))
     values = {
         **recipe,
@@ -635,12 +640,7 @@ def qat(
 
 def check_classes(trained: TrainedModel, dataset: SceneDataset) -> None:
     """Refuse a model trained on other classes than ``dataset``'s, naming both."""
-    classes = trained.card.get("classes")
-    if classes is not None and list(classes) != list(dataset.classes):
-        raise ValueError(
-            f"{trained.weights_path} was trained on classes {classes}, but the dataset has "
-            f"{list(dataset.classes)}"
-        )
+    check_card_classes(trained.card, dataset.classes, trained.weights_path)
 
 
 def _calibration_batches(
@@ -723,6 +723,7 @@ def _save_settings(
         "data_dir": str(dataset.root),
         "split_dir": str(dataset.split_dir) if dataset.split_dir else None,
         "split_fingerprint": dataset.split_fingerprint,
+        "pruning": pruning_architecture(trained),
     }
     settings = {"qat": config.to_dict(), "source": source, "layer_bits": layer_bits}
     atomic_write_bytes(run_dir / QAT_FILE, yaml.safe_dump(settings, sort_keys=False).encode())

@@ -1,0 +1,267 @@
+"""Command line: a thin layer over the Python API.
+
+    satcompress data info --dataset eurosat --data-dir DATA
+    satcompress train --config run.yaml --run-dir runs/r18 [--epochs 20 ...] [--resume]
+    satcompress distill --teacher runs/r18 --student mobilenet_v2 --run-dir runs/kd [...]
+    satcompress eval --checkpoint runs/r18 [--dataset ... --data-dir ...]
+
+Every ``train`` option is a field of :class:`satcompress.train.TrainConfig`; flags given on
+the command line override the ``--config`` YAML file, which overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from satcompress.cli import artifact as artifact_commands
+from satcompress.cli import prune as prune_commands
+from satcompress.cli import quantize as quantize_commands
+from satcompress.cli.common import (
+    add_config_flags,
+    add_data_flags,
+    data_overrides,
+    print_record,
+    train_config_from_args,
+)
+from satcompress.config import ConfigError, field_help, load_yaml
+from satcompress.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from satcompress.compress.distill import DistillConfig
+
+log = logging.getLogger("satcompress")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``satcompress`` command. Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except KeyboardInterrupt:
+        print(
+            "interrupted; finished work is saved (rerun with --resume to continue)", file=sys.stderr
+        )
+        return 130
+    except (ConfigError, FileNotFoundError, ValueError, *_user_errors()) as err:
+        print(f"satcompress: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from satcompress.data import DatasetError
+    from satcompress.models import WeightsError
+
+    return (DatasetError, WeightsError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with all subcommands."""
+    parser = argparse.ArgumentParser(prog="satcompress", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(title="commands")
+
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(title="data commands")
+    info = data.add_parser("info", help="counts per class and split, image sizes, where it looked")
+    add_data_flags(info)
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(handler=cmd_data_info)
+
+    train = commands.add_parser(
+        "train", help="train a classifier, then evaluate it in ONNX Runtime"
+    )
+    train.add_argument("--config", type=Path, help="YAML file of TrainConfig options")
+    train.add_argument("--run-dir", type=Path, required=True, help="output folder of the run")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    train.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    add_config_flags(train, TrainConfig)
+    train.set_defaults(handler=cmd_train)
+    _add_distill_command(commands)
+    prune_commands.add_commands(commands)
+    quantize_commands.add_commands(commands)
+    artifact_commands.add_commands(commands)
+
+    evaluate = commands.add_parser("eval", help="accuracy, size and latency of a trained model")
+    source = evaluate.add_argument_group("model")
+    source.add_argument("--checkpoint", type=Path, help="run directory or weights file")
+    source.add_argument("--model", help="registry name (if the weights have no card)")
+    source.add_argument("--weights", type=Path, help="weights file (same as --checkpoint)")
+    source.add_argument("--artifact", type=Path, help="a deployable artifact (.satc) to run")
+    source.add_argument("--mean", type=float, nargs=3, help="normalisation mean (overrides card)")
+    source.add_argument("--std", type=float, nargs=3, help="normalisation std (overrides card)")
+    source.add_argument("--input-size", type=int, help="model input resolution")
+    add_data_flags(evaluate)
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--run-dir", type=Path, help="where to write model.onnx and record.json")
+    evaluate.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
+    evaluate.add_argument("--no-latency", action="store_true", help="skip latency timing")
+    evaluate.set_defaults(handler=cmd_eval)
+    return parser
+
+
+def _add_distill_command(commands: argparse._SubParsersAction) -> None:
+    from satcompress.compress.distill import TEACHER_CACHE_MODES, DistillConfig
+
+    distill = commands.add_parser(
+        "distill", help="train a student with a frozen teacher, then evaluate it in ONNX Runtime"
+    )
+    teacher_help = "teacher run directory or weights file (with its card), or a registry name"
+    distill.add_argument("--teacher", required=True, help=teacher_help)
+    distill.add_argument("--teacher-weights", type=Path, help="weights of a registry-name teacher")
+    distill.add_argument(
+        "--student", dest="model", default=argparse.SUPPRESS, help="student model (= --model)"
+    )
+    distill.add_argument("--config", type=Path, help="YAML file of TrainConfig options")
+    distill.add_argument("--distill-config", type=Path, help="YAML file of DistillConfig options")
+    distill.add_argument("--run-dir", type=Path, required=True, help="output folder of the run")
+    distill.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    distill.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    group = distill.add_argument_group("distillation options (override --distill-config)")
+    for name, kwargs in (
+        ("temperature", {"type": float}),
+        ("alpha", {"type": float}),
+        ("feature_layers", {"nargs": "+", "metavar": "STUDENT:TEACHER"}),
+        ("feature_weight", {"type": float}),
+        ("feature_normalize", {"action": argparse.BooleanOptionalAction}),
+        ("teacher_cache", {"choices": TEACHER_CACHE_MODES}),
+    ):
+        flag = "--" + name.replace("_", "-")
+        help_text = field_help(DistillConfig, name)
+        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text, **kwargs)
+    add_config_flags(distill, TrainConfig)
+    distill.set_defaults(handler=cmd_distill)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``satcompress train``."""
+    from satcompress.pipeline import train
+
+    config = train_config_from_args(args)
+    result = train(
+        None, None, config, args.run_dir, resume=args.resume, evaluate_model=not args.no_eval
+    )
+    summary = result.details.summary
+    print(
+        f"trained {config.model}: best val accuracy {summary['best_val_accuracy']}, "
+        f"{summary['wall_s']} s, {summary['train_img_per_s']} train images/s"
+    )
+    if result.record is not None:
+        print_record(result.record)
+    return 0
+
+
+def distill_config_from_args(args: argparse.Namespace) -> DistillConfig:
+    """Defaults < ``--distill-config`` YAML < command-line flags (feature layers are merged)."""
+    from satcompress.compress.distill import DistillConfig
+    from satcompress.compress.distill.config import parse_feature_layers
+
+    values = load_yaml(args.distill_config) if args.distill_config else {}
+    for field in dataclasses.fields(DistillConfig):
+        if field.name in vars(args):
+            values[field.name] = getattr(args, field.name)
+    if "feature_layers" in vars(args) and args.distill_config:
+        saved = parse_feature_layers(load_yaml(args.distill_config).get("feature_layers"))
+        values["feature_layers"] = {**saved, **parse_feature_layers(args.feature_layers)}
+    return DistillConfig.from_dict(values)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """``satcompress distill``."""
+    from satcompress.pipeline import distill
+
+    config = train_config_from_args(args)
+    distill_config = distill_config_from_args(args)
+    result = distill(
+        args.teacher,
+        None,
+        distill_config,
+        args.run_dir,
+        train_config=config,
+        teacher_weights=args.teacher_weights,
+        resume=args.resume,
+        evaluate_model=not args.no_eval,
+    )
+    summary = result.details.summary
+    print(
+        f"distilled {config.model} from {args.teacher}: best val accuracy "
+        f"{summary['best_val_accuracy']}, {summary['wall_s']} s, teacher "
+        f"{summary['teacher_s']} s ({summary['teacher_share'] * 100:.0f}% of training)"
+    )
+    if result.record is not None:
+        print_record(result.record)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``satcompress eval``: any stage's output (or ``--artifact``), on its card's data."""
+    from satcompress.checkpoint import load_trained
+    from satcompress.pipeline import EvalConfig, evaluate_stage, load
+    from satcompress.preprocess import InputSpec
+
+    path = args.artifact or args.checkpoint or args.weights
+    if path is None:
+        raise ConfigError("give the model to evaluate: --checkpoint RUN_DIR_OR_WEIGHTS")
+    source = load(path) if args.model is None else load_trained(path, model_name=args.model)
+    if args.mean or args.std or args.input_size:
+        spec = source.input_spec
+        source.input_spec = InputSpec(
+            size=args.input_size or spec.size,
+            mean=tuple(args.mean or spec.mean),
+            std=tuple(args.std or spec.std),
+        )
+    config = EvalConfig(split=args.split, latency=not args.no_latency, threads=args.threads)
+    result = evaluate_stage(source, None, config, args.run_dir, overrides=data_overrides(args))
+    print_record(result.record)
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    """``satcompress data info``."""
+    from satcompress.data import load_dataset
+
+    if not args.dataset or not args.data_dir:
+        raise ConfigError("give --dataset and --data-dir")
+    dataset = load_dataset(
+        args.dataset,
+        args.data_dir,
+        split_dir=args.split_dir,
+        download=args.download,
+        image_size=args.image_size,
+        skip_bad_files=args.skip_bad_files,
+    )
+    info = dataset.info()
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+    else:
+        _print_info(info)
+    return 0
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    table = info.get("per_split_per_class", {})
+    for key, value in info.items():
+        if key != "per_split_per_class":
+            print(f"{key}: {value}")
+    if table:
+        splits = list(table)
+        classes = list(next(iter(table.values())))
+        width = max(len(c) for c in [*classes, "class"]) + 2
+        print("\n" + "class".ljust(width) + "".join(f"{s:>8s}" for s in [*splits, "total"]))
+        for name in classes:
+            counts = [table[s].get(name, 0) for s in splits]
+            print(name.ljust(width) + "".join(f"{c:>8d}" for c in [*counts, sum(counts)]))
+        totals = [sum(table[s].values()) for s in splits]
+        print("total".ljust(width) + "".join(f"{c:>8d}" for c in [*totals, sum(totals)]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""What every command shares: data and config flags, the dataset of a checkpoint, records.
+
+Public names only: the command modules import these, never each other's helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from satcompress.config import field_help, load_yaml, parse_value
+from satcompress.train.config import TrainConfig
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """``--dataset``, ``--data-dir`` and the other data flags (default: the card's data)."""
+    group = parser.add_argument_group("data (default: what the checkpoint's card names)")
+    group.add_argument("--dataset", default=None, help="eurosat, ucmerced or imagefolder")
+    group.add_argument("--data-dir", type=Path, default=None, help="folder holding the dataset")
+    group.add_argument("--split-dir", type=Path, help="folder of split files")
+    group.add_argument("--download", action="store_true", help="download if missing")
+    group.add_argument("--image-size", type=int, help="decode resolution")
+    group.add_argument("--skip-bad-files", action="store_true", help="skip unreadable images")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One ``--flag`` per config field; unset flags stay out of the namespace."""
+    group = parser.add_argument_group("training options (override --config)")
+    hints = typing.get_type_hints(config_cls)
+    for field in dataclasses.fields(config_cls):
+        flag = "--" + field.name.replace("_", "-")
+        hint = strip_optional(hints[field.name])
+        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif hint in (int, float, str):
+            kwargs["type"] = hint
+        elif typing.get_origin(hint) is tuple:
+            kwargs.update(type=float, nargs=3)
+        else:  # dicts and nested configs: key=value pairs
+            kwargs.update(type=key_value, nargs="+", metavar="KEY=VALUE")
+        group.add_argument(flag, help=field_help(config_cls, field.name), **kwargs)
+
+
+def strip_optional(hint: Any) -> Any:
+    """``X`` of ``X | None``; any other hint unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` (the value as YAML; dashes in the key become underscores)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.replace("-", "_"), parse_value(value)
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < ``--config`` YAML < command-line flags."""
+    values = load_yaml(args.config) if args.config else {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name in names & set(vars(args)):
+        value = getattr(args, name)
+        if name in ("model_kwargs", "augment"):
+            value = {**values.get(name, {}), **dict(value)}
+        values[name] = value
+    return TrainConfig.from_dict(values)
+
+
+def data_overrides(args: argparse.Namespace) -> Any:
+    """The data flags of a command as :class:`satcompress.pipeline.DataOverrides`."""
+    from satcompress.pipeline.data import DataOverrides
+
+    return DataOverrides.from_namespace(args)
+
+
+def print_record(record: dict[str, Any]) -> None:
+    """One line: model, data, accuracy, cost, bytes of the deployable file, latency."""
+    latency = record["latency_ms"]
+    print(
+        f"{record['model']} on {record['dataset']} ({record['split']}): "
+        f"accuracy {record['accuracy'] * 100:.2f}%, {record['params']:,} params, "
+        f"{record['macs'] / 1e6:.1f} M MACs, "
+        f"{record['size_bytes']:,} bytes ({record.get('format', 'onnx-fp32')}), "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items())
+    )

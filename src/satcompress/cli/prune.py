@@ -1,0 +1,266 @@
+"""The ``prune`` and ``analyze`` commands (added to ``satcompress`` by :func:`add_commands`).
+
+Examples::
+
+    satcompress prune --checkpoint runs/r18 --method l1 --ratio 0.5 --steps 2
+        --finetune-epochs 5 [--global] [--teacher self] --run-dir runs/r18_l1_50
+    satcompress prune --checkpoint runs/r18 --method magnitude --ratio 0.9 --steps 3
+        --finetune-epochs 5 --run-dir runs/r18_sparse90
+    satcompress analyze sensitivity --checkpoint runs/r18 --ratios 0.25 0.5 --run-dir runs/s
+    satcompress analyze vit-layers --checkpoint runs/vit --head-ratio 0.5 --run-dir runs/v
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from satcompress.cli.common import add_config_flags, add_data_flags, data_overrides, print_record
+from satcompress.compress.prune.config import METHODS, PruneConfig
+from satcompress.config import load_yaml
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add ``prune`` and ``analyze {sensitivity,vit-layers}`` to the subcommands."""
+    _add_prune(commands)
+    analyses = commands.add_parser(
+        "analyze", help="pruning analyses: per-layer sensitivity, ViT layer importance"
+    ).add_subparsers(title="analyses")
+    _add_sensitivity(analyses)
+    _add_vit_layers(analyses)
+
+
+def _add_prune(commands: argparse._SubParsersAction) -> None:
+    from satcompress.train import TrainConfig
+
+    parser = commands.add_parser(
+        "prune", help="prune a trained model, fine-tune it, then evaluate it in ONNX Runtime"
+    )
+    _add_checkpoint(parser)
+    parser.add_argument("--prune-config", type=Path, help="YAML file of PruneConfig options")
+    parser.add_argument("--config", type=Path, help="YAML file of fine-tuning TrainConfig options")
+    parser.add_argument("--run-dir", type=Path, required=True, help="output folder")
+    parser.add_argument("--no-eval", action="store_true", help="skip the ONNX evaluation")
+    parser.add_argument("--no-latency", action="store_true", help="skip latency timing")
+    group = parser.add_argument_group("pruning options (override --prune-config)")
+    for flag, name, text, kwargs in (
+        ("--method", "method", "magnitude = unstructured; the others remove channels/heads",
+         {"choices": METHODS}),
+        ("--ratio", "ratio", "fraction in [0, 1) of weights (magnitude) or channels removed",
+         {"type": float}),
+        ("--global", "global_pruning", "rank all layers together (one threshold)",
+         {"action": "store_true"}),
+        ("--steps", "steps", "structured: pruning steps with fine-tuning after each; "
+         "magnitude: gradual-schedule steps, one per fine-tuning epoch", {"type": int}),
+        ("--finetune-epochs", "finetune_epochs", "total fine-tuning epochs (default 0)",
+         {"type": int}),
+        ("--finetune-lr", "finetune_lr", "fine-tuning peak learning rate (default: --lr)",
+         {"type": float}),
+        ("--head-ratio", "head_ratio", "transformers: fraction of heads removed "
+         "(default: --ratio)", {"type": float}),
+        ("--ignore", "ignored_layers", "module names never pruned",
+         {"nargs": "+", "metavar": "LAYER"}),
+        ("--round-to", "round_to", "keep channel counts multiples of this", {"type": int}),
+        ("--taylor-batches", "taylor_batches", "taylor: batches of gradients", {"type": int}),
+    ):  # fmt: skip
+        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=text, **kwargs)
+    _add_teacher_flags(parser)
+    add_config_flags(parser, TrainConfig)
+    parser.set_defaults(handler=cmd_prune)
+
+
+def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="run directory or weights file (card)"
+    )
+
+
+def _add_teacher_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("distillation while fine-tuning")
+    group.add_argument(
+        "--teacher",
+        help="'self' (the unpruned model), a run directory or weights file, or a registry name",
+    )
+    group.add_argument("--teacher-weights", type=Path, help="weights of a registry-name teacher")
+    group.add_argument("--temperature", type=float, help="KD temperature (default 4)")
+    group.add_argument("--alpha", type=float, help="weight of the KD term (default 0.7)")
+
+
+def _add_sensitivity(analyses: argparse._SubParsersAction) -> None:
+    parser = analyses.add_parser(
+        "sensitivity", help="accuracy as each prunable layer/group alone is pruned (cached)"
+    )
+    _add_checkpoint(parser)
+    parser.add_argument("--model", help="registry name (if the weights have no card)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="folder of sensitivity.json")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    group = parser.add_argument_group("analysis options")
+    for flag, name, text, kwargs in (
+        ("--method", "method", "importance (default l1)", {"choices": METHODS}),
+        ("--ratios", "ratios", "ratios to try (default 0.25 0.5 0.75)",
+         {"type": float, "nargs": "+"}),
+        ("--split", "split", "split to score (default val)",
+         {"choices": ["train", "val", "test"]}),
+        ("--max-samples", "max_samples", "images scored (default 512)", {"type": int}),
+        ("--batch-size", "batch_size", "evaluation batch size", {"type": int}),
+        ("--layers", "layers", "only these units (default: all)",
+         {"nargs": "+", "metavar": "UNIT"}),
+        ("--taylor-batches", "taylor_batches", "taylor: batches of gradients", {"type": int}),
+        ("--seed", "seed", "seed of the image subset", {"type": int}),
+    ):  # fmt: skip
+        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=text, **kwargs)
+    add_data_flags(parser)
+    parser.set_defaults(handler=cmd_sensitivity)
+
+
+def _add_vit_layers(analyses: argparse._SubParsersAction) -> None:
+    parser = analyses.add_parser(
+        "vit-layers", help="ViT: accuracy drop per block removed or with heads pruned; plot"
+    )
+    _add_checkpoint(parser)
+    parser.add_argument("--model", help="registry name (if the weights have no card)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="where table and plot go")
+    group = parser.add_argument_group("analysis options")
+    for flag, name, text, kwargs in (
+        ("--head-ratio", "head_ratio", "fraction of one block's heads pruned (default 0.5)",
+         {"type": float}),
+        ("--method", "method", "head importance (default l1)",
+         {"choices": ["l1", "l2", "taylor"]}),
+        ("--split", "split", "split to score (default val)",
+         {"choices": ["train", "val", "test"]}),
+        ("--max-samples", "max_samples", "images scored (default 512)", {"type": int}),
+        ("--batch-size", "batch_size", "evaluation batch size", {"type": int}),
+        ("--seed", "seed", "seed of the image subset", {"type": int}),
+    ):  # fmt: skip
+        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=text, **kwargs)
+    add_data_flags(parser)
+    parser.set_defaults(handler=cmd_vit_layers)
+
+
+def prune_config_from_args(args: argparse.Namespace) -> PruneConfig:
+    """Defaults < ``--prune-config`` YAML < command-line flags."""
+    values = load_yaml(args.prune_config) if args.prune_config else {}
+    return PruneConfig.from_dict({**values, **_given(args, PruneConfig)})
+
+
+def finetune_config_from_args(args: argparse.Namespace, card: dict[str, Any]) -> Any:
+    """The card's training recipe < ``--config`` YAML < command-line flags."""
+    from satcompress.card import training_recipe
+    from satcompress.train import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in training_recipe(card).items() if k in names}
+    for key in ("model", "model_kwargs"):
+        if key in card:
+            values.setdefault(key, card[key])
+    if args.config:
+        values.update(load_yaml(args.config))
+    for name, value in _given(args, TrainConfig).items():
+        if name in ("model_kwargs", "augment"):
+            value = {**values.get(name, {}), **dict(value)}
+        values[name] = str(value) if isinstance(value, Path) else value
+    return TrainConfig.from_dict(values)
+
+
+def _given(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """``satcompress prune``: the data comes from the checkpoint's card unless flags give it."""
+    from satcompress.compress.distill import DistillConfig
+    from satcompress.evaluate import LatencyConfig
+    from satcompress.pipeline import load, prune
+    from satcompress.pipeline.data import DataOverrides, dataset_for
+
+    source = load(args.checkpoint, model_name=vars(args).get("model"))
+    config = prune_config_from_args(args)
+    train_config = finetune_config_from_args(args, source.card)
+    given = DataOverrides(
+        dataset=vars(args).get("dataset"), data_dir=_text(vars(args).get("data_dir")),
+        split_dir=_text(vars(args).get("split_dir")), image_size=vars(args).get("image_size"),
+    )  # fmt: skip
+    dataset = dataset_for(source.card, None, given, where=args.checkpoint)
+    kd = {k: getattr(args, k) for k in ("temperature", "alpha") if getattr(args, k) is not None}
+    result = prune(
+        source,
+        dataset,
+        config,
+        args.run_dir,
+        train_config=train_config,
+        teacher=str(args.teacher) if args.teacher else None,
+        teacher_weights=args.teacher_weights,
+        distill_config=DistillConfig(**kd) if args.teacher else None,
+        evaluate_model=not args.no_eval,
+        latency=None if args.no_latency else LatencyConfig(),
+    )
+    _print_summary(result.details.summary)
+    if result.record is not None:
+        print_record(result.record)
+    return 0
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    before, after = summary["before"], summary["after"]
+    text = (
+        f"pruned ({summary['method']}, ratio {summary['ratio']}): params {before['params']:,} "
+        f"-> {after['params']:,} ({summary['params_ratio']}x), MACs {before['macs']:,} -> "
+        f"{after['macs']:,} ({summary['macs_ratio']}x)"
+    )
+    if "sparsity" in summary:
+        text += f", sparsity {summary['sparsity'] * 100:.1f}%"
+    print(text)
+
+
+def _analysis_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model and dataset of an ``analyze`` command (data from flags, else the card)."""
+    from satcompress.pipeline import load
+    from satcompress.pipeline.data import dataset_for
+
+    loaded = load(args.checkpoint, model_name=args.model)
+    dataset = dataset_for(loaded.card, None, data_overrides(args), where=args.checkpoint)
+    return loaded, dataset
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    """``satcompress analyze sensitivity``."""
+    from satcompress.compress.prune.config import SensitivityConfig
+    from satcompress.compress.prune.sensitivity import sensitivity, sensitivity_table
+
+    loaded, dataset = _analysis_inputs(args)
+    config = SensitivityConfig.from_dict(_given(args, SensitivityConfig))
+    result = sensitivity(loaded.model, dataset, config, args.run_dir, input_spec=loaded.input_spec)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(sensitivity_table(result))
+        origin = "reused from" if result["cached"] else "saved in"
+        print(f"({origin} {Path(args.run_dir) / 'sensitivity.json'})")
+    return 0
+
+
+def cmd_vit_layers(args: argparse.Namespace) -> int:
+    """``satcompress analyze vit-layers``."""
+    from satcompress.compress.prune.config import VitLayersConfig
+    from satcompress.compress.prune.vit_layers import (
+        PLOT_FILE,
+        vit_layer_importance,
+        vit_layers_table,
+    )
+
+    loaded, dataset = _analysis_inputs(args)
+    config = VitLayersConfig.from_dict(_given(args, VitLayersConfig))
+    result = vit_layer_importance(
+        loaded.model, dataset, config, args.run_dir, input_spec=loaded.input_spec
+    )
+    print(vit_layers_table(result))
+    print(f"(table, JSON and plot in {args.run_dir}; plot: {Path(args.run_dir) / PLOT_FILE})")
+    return 0
