@@ -1,4 +1,4 @@
-"""Deployable files: ONNX export, ONNX Runtime sessions, and the compressed artifact.
+"""The deployable artifact: one ``.satc`` file holding a model at its real precision.
 
 The artifact is one file holding the weights at their real precision (see
 :mod:`satcompress.artifact.format`).
@@ -16,15 +16,16 @@ __all__ = [
         __name__,
         {
             "Artifact": "format",
+            "EncodedArtifact": "format",
+            "encode_artifact": "format",
+            "BytePredictor": "encode",
+            "encode": "encode",
+            "layer_byte_table": "encode",
+            "predict_bytes": "encode",
             "ArtifactError": "format",
             "artifact_format": "format",
             "load_artifact": "format",
             "write_artifact": "format",
-            "DeployableModel": "onnx",
-            "export_onnx": "onnx",
-            "make_session": "onnx",
-            "read_metadata": "onnx",
-            "run_session": "onnx",
         },
     ),
 ]
