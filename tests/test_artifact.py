@@ -23,7 +23,7 @@ from satcompress.artifact.format import (
     load_artifact,
     write_artifact,
 )
-from satcompress.artifact.onnx import export_onnx, make_session, run_session
+from satcompress.runtime.onnx import export_onnx, make_session, run_session
 from satcompress.compress.quantize import QATConfig, calibrate, export_qat_onnx, prepare_qat
 from satcompress.models import create_model
 from satcompress.preprocess import InputSpec, Preprocess
@@ -92,7 +92,7 @@ def test_artifact_round_trips_in_a_fresh_process(artifact_2bit, tmp_path):
         f"""
         import numpy as np
         from satcompress.artifact.format import load_artifact
-        from satcompress.artifact.onnx import make_session, run_session
+        from satcompress.runtime.onnx import make_session, run_session
         artifact = load_artifact({str(path)!r})
         onnx_path = artifact.save_onnx({str(tmp_path / "rebuilt.onnx")!r})
         images = np.load({str(tmp_path / "images.npy")!r})

@@ -5,7 +5,7 @@ from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 
 from satcompress.artifact.encode import BytePredictor, encode, layer_byte_table, predict_bytes
 from satcompress.artifact.format import load_artifact
-from satcompress.artifact.onnx import make_session, run_session
+from satcompress.runtime.onnx import make_session, run_session
 from satcompress.compress.plan import (
     CompressionPlan,
     LayerPlan,

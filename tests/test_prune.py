@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from satcompress.artifact.onnx import make_session, run_session
+from satcompress.runtime.onnx import make_session, run_session
 from satcompress.checkpoint import load_trained
 from satcompress.compress.prune import (
     PruneConfig,

@@ -9,7 +9,7 @@ from onnx import numpy_helper
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from satcompress.artifact.format import load_artifact
-from satcompress.artifact.onnx import export_onnx, make_session, run_session
+from satcompress.runtime.onnx import export_onnx, make_session, run_session
 from satcompress.compress.quantize import (
     PTQConfig,
     QATConfig,
@@ -17,8 +17,6 @@ from satcompress.compress.quantize import (
     export_qat_onnx,
     load_bits_map,
     prepare_qat,
-    pytorch_accuracy,
-    quantize,
     quantize_onnx,
     resolve_layer_bits,
     split_reused_activations,
@@ -26,7 +24,9 @@ from satcompress.compress.quantize import (
 from satcompress.compress.quantize.qat import output_quantizers, quant_layers
 from satcompress.config import ConfigError
 from satcompress.data import load_dataset
+from satcompress.evaluate.artifact import pytorch_accuracy
 from satcompress.models import create_model
+from satcompress.pipeline import quantize
 from satcompress.preprocess import InputSpec, Preprocess
 from satcompress.train import TrainConfig, train
 from satcompress.train.task import SupervisedLoss
@@ -177,21 +177,17 @@ def test_ptq_config_rejects_a_non_boolean_reduce_range():
 
 def test_ptq_end_to_end_from_a_run_directory(cnn_run, dataset, tmp_path):
     result = quantize(
-        cnn_run,
-        "ptq",
-        run_dir=tmp_path / "ptq",
-        config=PTQConfig(calibration_images=32),
-        dataset=dataset,
-        latency=None,
+        cnn_run, dataset, PTQConfig(calibration_images=32), tmp_path / "ptq", latency=None,
         progress=False,
-    )
-    assert result.status == "ok" and _has_int8_qdq(onnx.load(str(result.onnx_path)))
+    )  # fmt: skip
     record = result.record
+    assert record["status"] == "ok" and _has_int8_qdq(onnx.load(str(result.files["onnx"])))
     assert record["format"] == "artifact-int8"
-    assert record["size_bytes"] == result.artifact_path.stat().st_size
-    assert record["bound_bytes"] == result.bound_bytes
+    assert record["size_bytes"] == result.files["artifact"].stat().st_size
+    assert record["bound_bytes"] == load_artifact(result.files["artifact"]).bound_bytes
+    assert [e["stage"] for e in result.card["lineage"]] == ["train", "quantize"]
     fp32 = run_session(make_session(tmp_path / "ptq" / "model_fp32.onnx", 1), _fixture(dataset))
-    int8 = run_session(make_session(result.onnx_path, 1), _fixture(dataset))
+    int8 = run_session(make_session(result.files["onnx"], 1), _fixture(dataset))
     assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9
 
 
@@ -433,18 +429,15 @@ def test_qat_4_bits_trains_one_epoch_and_the_artifact_agrees_with_pytorch(
     cnn_run, dataset, tmp_path
 ):
     config = QATConfig(bits=4, epochs=1, calibration_images=32)
-    result = quantize(
-        cnn_run, "qat", run_dir=tmp_path / "q4", config=config, dataset=dataset, latency=None,
-        progress=False,
-    )  # fmt: skip
-    assert result.status == "ok" and result.qat.train is not None
+    result = quantize(cnn_run, dataset, config, tmp_path / "q4", latency=None, progress=False)
+    assert result.details.status == "ok" and result.details.train is not None
     record = result.record
     assert record["format"] == "artifact-int4-mixed"  # first and last layers at 8 bits
     assert abs(record["accuracy"] - record["pytorch_accuracy"]) <= 0.001
     assert (tmp_path / "q4" / "checkpoints" / "last.ckpt").is_file()
     card = json.loads((tmp_path / "q4" / "model.json").read_text())
     assert card["recipe"]["qat"]["bits"] == 4
-    manifest = load_artifact(result.artifact_path).manifest
+    manifest = load_artifact(result.files["artifact"]).manifest
     weights = [t for t in manifest["tensors"] if t["role"] == "weight" and t["kind"] == "int"]
     assert {t["bits"] for t in weights} == {4, 8}
 
@@ -452,11 +445,11 @@ def test_qat_4_bits_trains_one_epoch_and_the_artifact_agrees_with_pytorch(
 def test_qat_with_distillation_from_the_full_precision_model(cnn_run, dataset, tmp_path):
     config = QATConfig(bits=2, epochs=1, calibration_images=16, teacher="self")
     result = quantize(
-        cnn_run, "qat", run_dir=tmp_path / "kd", config=config, dataset=dataset,
-        evaluate=False, progress=False,
-    )  # fmt: skip
-    assert result.status == "ok"
-    assert result.manifest["recipe"]["qat"]["teacher"] == "self"
+        cnn_run, dataset, config, tmp_path / "kd", evaluate_model=False, progress=False
+    )
+    assert result.details.status == "ok"
+    card = load_artifact(result.files["artifact"]).manifest["card"]
+    assert card["lineage"][-1]["config"]["teacher"] == "self"
 
 
 def _nan_after(monkeypatch, calls):
@@ -479,15 +472,14 @@ def test_qat_divergence_is_stopped_reported_and_the_last_good_model_kept(
     _nan_after(monkeypatch, calls)  # the fixture split has 3 batches per epoch
     config = QATConfig(bits=1, epochs=2, calibration_images=16)
     run = tmp_path / "q1"
-    result = quantize(
-        cnn_run, "qat", run_dir=run, config=config, dataset=dataset, latency=None, progress=False
-    )
-    assert result.status == "diverged"
-    assert "diverged" in result.message and "loss became nan" in result.message
+    result = quantize(cnn_run, dataset, config, run, latency=None, progress=False)
+    assert result.details.status == "diverged"
+    message = result.details.message
+    assert "diverged" in message and "loss became nan" in message
     failure = json.loads((run / "qat_failure.json").read_text())
     assert failure["status"] == "diverged" and restored in failure["restored"]
     assert result.record["status"] == "diverged" and 0 <= result.record["accuracy"] <= 1
-    assert result.artifact_path.is_file()
+    assert result.files["artifact"].is_file()
     state = result.model.state_dict()
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     if calls:
@@ -560,8 +552,9 @@ def test_cli_qat_2_bits_one_epoch_and_export_from_the_run(cnn_run, dataset, tmp_
 
 
 def test_cli_qat_flags_reach_the_config():
-    from satcompress.cli import build_parser
     from satcompress.compress.quantize.cli import config_from_args
+
+    from satcompress.cli import build_parser
 
     argv = ["quantize", "--method", "qat", "--bits", "2", "--depthwise-bits", "8",
             "--first-last", "same", "--checkpoint", "x", "--run-dir", "y"]  # fmt: skip
@@ -573,8 +566,9 @@ def test_cli_qat_flags_reach_the_config():
 
 
 def test_cli_ptq_reduce_range_flag_reaches_the_config():
-    from satcompress.cli import build_parser
     from satcompress.compress.quantize.cli import config_from_args
+
+    from satcompress.cli import build_parser
 
     argv = ["quantize", "--method", "ptq", "--checkpoint", "x", "--run-dir", "y"]
     assert config_from_args(build_parser().parse_args(argv)).reduce_range  # the default

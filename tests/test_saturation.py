@@ -3,9 +3,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from satcompress.artifact import saturation
-from satcompress.artifact.onnx import export_onnx, make_session
-from satcompress.artifact.saturation import (
+from satcompress.runtime import saturation
+from satcompress.runtime.onnx import export_onnx, make_session
+from satcompress.runtime.saturation import (
     int8_saturates_here,
     make_saturation_safe,
     resolve_policy,

@@ -1,4 +1,4 @@
-"""Deployable files: ONNX export, ONNX Runtime sessions, and the compressed artifact.
+"""The deployable artifact: one ``.satc`` file holding a model at its real precision.
 
 The artifact is one file holding the weights at their real precision (see
 :mod:`satcompress.artifact.format`).
@@ -26,11 +26,6 @@ __all__ = [
             "artifact_format": "format",
             "load_artifact": "format",
             "write_artifact": "format",
-            "DeployableModel": "onnx",
-            "export_onnx": "onnx",
-            "make_session": "onnx",
-            "read_metadata": "onnx",
-            "run_session": "onnx",
         },
     ),
 ]

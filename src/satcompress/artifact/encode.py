@@ -58,7 +58,7 @@ from satcompress.artifact.format import (
     encode_artifact,
     file_size,
 )
-from satcompress.artifact.onnx import export_onnx
+from satcompress.runtime.onnx import export_onnx
 from satcompress.artifact.pack import Levels, packed_size
 from satcompress.compress.plan import (
     CompressionPlan,

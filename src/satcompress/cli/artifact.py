@@ -107,7 +107,7 @@ def export_artifact(
 
 
 def _export_onnx(path: Path, output: Path, compress: bool) -> dict[str, Any]:
-    from satcompress.artifact.onnx import read_metadata
+    from satcompress.runtime.onnx import read_metadata
     from satcompress.card import derive_card
     from satcompress.pipeline import build_artifact
 

@@ -10,7 +10,7 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from satcompress.artifact.onnx import export_onnx, make_session, read_metadata, run_session
+from satcompress.runtime.onnx import export_onnx, make_session, read_metadata, run_session
 from satcompress.data import SceneDataset
 from satcompress.evaluate.metrics import classification_metrics
 from satcompress.evaluate.profile import LatencyConfig, count_macs, count_params, measure_latency

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from satcompress.artifact.onnx import make_session, run_session
+from satcompress.runtime.onnx import make_session, run_session
 from satcompress.config import Config, ConfigError
 from satcompress.models.stats import count_macs, count_params  # noqa: F401  (API)
 from satcompress.utils.cpu import cpu_info

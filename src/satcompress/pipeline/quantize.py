@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from satcompress.artifact.onnx import export_onnx
+from satcompress.runtime.onnx import export_onnx
 from satcompress.checkpoint import TrainedModel, read_card
 from satcompress.compress.quantize.config import PTQConfig, QATConfig
 from satcompress.compress.quantize.export import export_qat_onnx, to_fake_quant_module
@@ -101,12 +101,17 @@ def quantize(
 
 
 def export_qat(
-    trained: TrainedModel, card: dict[str, Any], output: Path, *, compress: bool = True
+    trained: TrainedModel,
+    card: dict[str, Any],
+    output: Path,
+    *,
+    compress: bool = True,
+    onnx_path: Path | None = None,
 ) -> dict[str, Any]:
     """Write the artifact of a fake-quantized (QAT) model at its per-layer bits.
 
     ``trained.weights_path`` must lie in the QAT run directory (its ``qat.yaml`` gives the
-    layer bits).
+    layer bits); ``onnx_path`` keeps the QDQ graph the artifact was packed from.
     """
     settings = yaml.safe_load((Path(trained.weights_path).parent / QAT_SETTINGS).read_text())
     spec, model = trained.input_spec, trained.model
@@ -114,8 +119,9 @@ def export_qat(
     meta = {"model": card.get("model"), "classes": card.get("classes")}
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path, bits, layers = export_qat_onnx(
-            model, spec, image_size, Path(tmp) / "qat.onnx", settings["layer_bits"], meta
-        )
+            model, spec, image_size, onnx_path or Path(tmp) / "qat.onnx", settings["layer_bits"],
+            meta,
+        )  # fmt: skip
         probe = torch.zeros(2, 3, *(spec.size or image_size))
         plain = to_fake_quant_module(model, probe)  # Brevitas layers defeat FlopCounterMode
         return build_artifact(
@@ -174,11 +180,11 @@ def _qat(
     )  # fmt: skip
     qat_model = TrainedModel(result.model, result.input_spec, card, run_dir / "model.safetensors",
                              "qat")  # fmt: skip
-    export_qat(qat_model, card, run_dir / ARTIFACT_NAME)
+    export_qat(qat_model, card, run_dir / ARTIFACT_NAME, onnx_path=run_dir / "model_qdq.onnx")
+    files = {**_files(run_dir), "onnx": run_dir / "model_qdq.onnx"}
     return StageResult(
-        "quantize", result.model, card, run_dir, result.input_spec, None, _files(run_dir),
-        dataset, result,
-    )  # fmt: skip
+        "quantize", result.model, card, run_dir, result.input_spec, None, files, dataset, result
+    )
 
 
 def _record_extra(result: StageResult, fake_quant: float | None) -> dict[str, Any]:

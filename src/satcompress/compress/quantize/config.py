@@ -36,7 +36,7 @@ class PTQConfig(Config):
         reduce_range: 7-bit weights (within +-64; the default). On x86 CPUs without VNNI,
             ONNX Runtime's fast uint8 x int8 kernels saturate with 8-bit weights, so
             sessions run those as uint8 (exact, but slower than fp32 for MobileNetV2:
-            :mod:`satcompress.artifact.saturation`); 7-bit weights run on the fast kernels
+            :mod:`satcompress.runtime.saturation`); 7-bit weights run on the fast kernels
             there, exactly, and the same kernels as 8-bit ones elsewhere. Measured on
             EuroSAT: the same test accuracy for ResNet-18, -0.06 points (3 images) for
             MobileNetV2, artifacts 11-13% smaller. ``False``: full 8-bit weights.

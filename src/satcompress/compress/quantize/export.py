@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from satcompress.artifact.onnx import export_onnx
+from satcompress.runtime.onnx import export_onnx
 from satcompress.compress.quantize.qat import (
     _CLAMPING_ACTIVATIONS,
     _set_module,

@@ -36,7 +36,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from satcompress.artifact.onnx import make_session
+from satcompress.runtime.onnx import make_session
 from satcompress.compress.quantize.config import PTQConfig
 from satcompress.data import SceneDataset
 from satcompress.utils.io import atomic_write_bytes

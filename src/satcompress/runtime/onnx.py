@@ -20,7 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from satcompress.artifact.saturation import make_saturation_safe, resolve_policy
+from satcompress.runtime.saturation import make_saturation_safe, resolve_policy
 from satcompress.preprocess import InputSpec, Preprocess
 from satcompress.utils.io import atomic_write_bytes
 
@@ -114,7 +114,7 @@ def make_session(
         int8_kernels: ``auto`` re-encodes 8-bit weights that ONNX Runtime's kernels would
             saturate on this CPU (x86 without VNNI) so the graph computes exactly what it
             says; ``exact`` always does, ``native`` never (fastest, possibly wrong there).
-            See :mod:`satcompress.artifact.saturation`. The session's
+            See :mod:`satcompress.runtime.saturation`. The session's
             ``satcompress_uint8_weights`` attribute counts the tensors re-encoded.
     """
     options = ort.SessionOptions()
