@@ -552,7 +552,7 @@ def test_cli_qat_2_bits_one_epoch_and_export_from_the_run(cnn_run, dataset, tmp_
 
 
 def test_cli_qat_flags_reach_the_config():
-    from satcompress.compress.quantize.cli import config_from_args
+    from satcompress.cli.quantize import config_from_args
 
     from satcompress.cli import build_parser
 
@@ -566,7 +566,7 @@ def test_cli_qat_flags_reach_the_config():
 
 
 def test_cli_ptq_reduce_range_flag_reaches_the_config():
-    from satcompress.compress.quantize.cli import config_from_args
+    from satcompress.cli.quantize import config_from_args
 
     from satcompress.cli import build_parser
 
