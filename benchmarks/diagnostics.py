@@ -72,12 +72,12 @@ import onnxruntime as ort
 import torch
 
 import satcompress as sc
-from baseline import benchmark_parser, load_eurosat
-from satcompress.artifact.onnx import make_session, run_session
 from satcompress.compress.quantize import QATConfig, calibrate, prepare_qat, pytorch_accuracy
 from satcompress.compress.quantize.qat import _calibration_batches, load_qat_model
 from satcompress.evaluate.profile import cpu_description
+from satcompress.experiments import benchmark_parser, load_eurosat
 from satcompress.preprocess import Preprocess
+from satcompress.runtime.onnx import make_session, run_session
 from satcompress.utils.io import atomic_write_json, read_json
 
 SHARED = Path("../shared/models/resnet18_eurosat64.safetensors")
@@ -313,9 +313,9 @@ def ort_quantizer_files(checkpoint: Path, dataset, folder: Path) -> list[tuple[P
     satcompress's PTQ at 8 and 7 bits, all calibrated on the same 512 train images."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from satcompress.artifact.onnx import export_onnx
     from satcompress.compress.quantize import PTQConfig, calibration_images, quantize_onnx
     from satcompress.compress.quantize.ptq import ImageReader
+    from satcompress.runtime.onnx import export_onnx
 
     trained = sc.load_trained(checkpoint)
     fp32 = export_onnx(trained.model, trained.input_spec, dataset.image_size, folder / "fp32.onnx")
@@ -502,9 +502,9 @@ def untrained_graphs(models: list[str], folder: Path, size: int = 64) -> list[Pa
     files when none is at hand. Batch-norm statistics come from a few random batches, and
     calibration uses random images.
     """
-    from satcompress.artifact.onnx import export_onnx
     from satcompress.compress.quantize import PTQConfig, quantize_onnx
     from satcompress.preprocess import InputSpec
+    from satcompress.runtime.onnx import export_onnx
 
     paths = []
     images = np.random.default_rng(0).integers(0, 256, (64, 3, size, size), np.uint8)

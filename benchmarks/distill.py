@@ -33,17 +33,17 @@ import os
 from pathlib import Path
 
 import satcompress as sc
-from baseline import (
+from satcompress.compress.distill import DistillConfig, distill
+from satcompress.compress.quantize import PTQConfig, quantize
+from satcompress.experiments import (
+    RecordList,
     benchmark_parser,
     checkpoint_record,
-    cpu_line,
     load_eurosat,
     report_only,
     train_and_evaluate,
 )
-from satcompress.compress.distill import DistillConfig, distill
-from satcompress.compress.quantize import PTQConfig, quantize
-from satcompress.evaluate import RecordList
+from satcompress.report import format_table
 from satcompress.utils.io import file_digest
 
 TEACHER = Path("../shared/models/resnet18_eurosat64.safetensors")
@@ -182,11 +182,7 @@ def _table_order(record: dict) -> tuple:
 
 def markdown_table(records: list[dict]) -> str:
     by_id = {r["id"]: r for r in records}
-    lines = [
-        "| student | KD | epochs | test acc. | vs teacher | KD vs no KD | params "
-        "| deployable bytes | wall | teacher share |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    rows = []
     for r in sorted(records, key=_table_order):
         teacher = by_id.get(_teacher_id(r))
         kd = "yes" if "-kd" in r["id"] else ("-" if r["id"].endswith("teacher") else "no")
@@ -195,13 +191,33 @@ def markdown_table(records: list[dict]) -> str:
         gain = f"{(r['accuracy'] - plain['accuracy']) * 100:+.2f}" if plain else "-"
         wall = f"{r['wall_s'] / 60:.0f} min" if r.get("wall_s") else "-"
         share = f"{r['teacher_share'] * 100:.0f}%" if r.get("teacher_share") else "-"
-        lines.append(
-            f"| {r['id']} | {kd} | {r.get('epochs', '-')} | {r['accuracy'] * 100:.2f}% "
-            f"| {vs_teacher} | {gain} | {r['params'] / 1e6:.2f} M "
-            f"| {r['size_bytes']:,} ({r['format']}) | {wall} | {share} |"
+        rows.append(
+            (
+                r["id"],
+                kd,
+                r.get("epochs", "-"),
+                f"{r['accuracy'] * 100:.2f}%",
+                vs_teacher,
+                gain,
+                f"{r['params'] / 1e6:.2f} M",
+                f"{r['size_bytes']:,} ({r['format']})",
+                wall,
+                share,
+            )
         )
-    lines.append(cpu_line(records))
-    return "\n".join(lines)
+    header = (
+        "student",
+        "KD",
+        "epochs",
+        "test acc.",
+        "vs teacher",
+        "KD vs no KD",
+        "params",
+        "deployable bytes",
+        "wall",
+        "teacher share",
+    )
+    return format_table(header, "llrrrrrrrr", rows, records)
 
 
 def main() -> None:

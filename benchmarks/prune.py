@@ -25,19 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import satcompress as sc
-
-# the baseline benchmark (beside this script): its recipe and cache give the dense models
-from baseline import (
-    benchmark_parser,
-    checkpoint_record,
-    config_for,
-    cpu_line,
-    given_checkpoints,
-    load_eurosat,
-    report_only,
-    run_key,
-    train_and_evaluate,
-)
 from satcompress.compress.prune import (
     PruneConfig,
     VitLayersConfig,
@@ -45,7 +32,20 @@ from satcompress.compress.prune import (
     vit_layer_importance,
     vit_layers_table,
 )
-from satcompress.evaluate import RecordList
+
+# the baseline benchmark's recipe and run cache give the dense models
+from satcompress.experiments import (
+    RecordList,
+    baseline_config,
+    benchmark_parser,
+    checkpoint_record,
+    find_record_id,
+    given_checkpoints,
+    load_eurosat,
+    report_only,
+    train_and_evaluate,
+)
+from satcompress.report import format_table
 
 FINETUNE_EPOCHS = 5
 RESNET18_STRUCTURED_LR = 0.05  # removing 75% of the weights needs more relearning than 0.01
@@ -107,7 +107,7 @@ def _row(
 def dense_config(base: str, args: argparse.Namespace) -> sc.TrainConfig:
     """The dense model's training recipe (the baseline benchmark's for the CNNs)."""
     if base != "vit":
-        return config_for(base, args)
+        return baseline_config(base, args.data_dir, epochs=args.epochs, threads=args.threads)
     return sc.TrainConfig(
         model="vit_tiny_patch16",
         model_kwargs={"img_size": 64, "patch_size": args.vit_patch},
@@ -132,7 +132,7 @@ def dense_record(base: str, args: argparse.Namespace, dataset, records: RecordLi
         onnx_dir = args.runs_dir / key
         return records.get_or_run(key, lambda: checkpoint_record(base, path, dataset, onnx_dir))
     config = dense_config(base, args)
-    key = f"dense-{run_key(config)}"
+    key = find_record_id(records, "dense", config)  # rows of earlier key rules too
     return records.get_or_run(key, lambda: train_and_evaluate(config, dataset, args.runs_dir))
 
 
@@ -185,19 +185,20 @@ def vit_layers(base: dict, args: argparse.Namespace, dataset) -> str:
 def markdown_table(records: list[dict]) -> str:
     """The README table: every pruned model against its dense base, targets checked."""
     by_id = {r["id"]: r for r in records}
-    lines = [
-        "| model | pruning | test acc. (vs dense) | params | MACs (x fewer) "
-        "| deployable bytes (format) | ORT bs1 / bs64 ms (x faster) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for record in records:
-        base = by_id.get(record.get("base_id"), record)
-        lines.append(_table_row(record, base))
-    lines.append(cpu_line(records))
-    return "\n".join(lines)
+    rows = [_table_row(r, by_id.get(r.get("base_id"), r)) for r in records]
+    header = (
+        "model",
+        "pruning",
+        "test acc. (vs dense)",
+        "params",
+        "MACs (x fewer)",
+        "deployable bytes (format)",
+        "ORT bs1 / bs64 ms (x faster)",
+    )
+    return format_table(header, "llrrrrr", rows, records)
 
 
-def _table_row(record: dict, base: dict) -> str:
+def _table_row(record: dict, base: dict) -> tuple[str, ...]:
     pruning = record.get("pruning")
     what = "dense"
     if pruning:
@@ -211,10 +212,13 @@ def _table_row(record: dict, base: dict) -> str:
     speed = " / ".join(f"{base_lat[k] / lat[k]:.2f}" for k in ("bs1", "bs64"))
     delta = (record["accuracy"] - base["accuracy"]) * 100
     return (
-        f"| {record['model']} | {what} | {record['accuracy'] * 100:.2f}% ({delta:+.2f}) "
-        f"| {record['params'] / 1e6:.2f} M | {record['macs'] / 1e6:.0f} M "
-        f"({base['macs'] / record['macs']:.2f}) | {record['size_bytes']:,} ({record['format']}) "
-        f"| {lat['bs1']:.2f} / {lat['bs64']:.1f} ({speed}) |"
+        record["model"],
+        what,
+        f"{record['accuracy'] * 100:.2f}% ({delta:+.2f})",
+        f"{record['params'] / 1e6:.2f} M",
+        f"{record['macs'] / 1e6:.0f} M ({base['macs'] / record['macs']:.2f})",
+        f"{record['size_bytes']:,} ({record['format']})",
+        f"{lat['bs1']:.2f} / {lat['bs64']:.1f} ({speed})",
     )
 
 

@@ -36,39 +36,43 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from satcompress.compress.quantize.api import evaluate_artifact, export_qat
 
 import satcompress as sc
 from satcompress.artifact.format import write_artifact
-from satcompress.artifact.onnx import export_onnx
 from satcompress.compress.quantize import PTQConfig, QATConfig, quantize
-from satcompress.compress.quantize.api import evaluate_artifact, export_qat
 from satcompress.compress.quantize.ptq import ImageReader, calibration_images
 from satcompress.compress.quantize.qat import qat_train_config
-from satcompress.evaluate import (
+from satcompress.evaluate import count_macs, count_params, evaluate_onnx
+from satcompress.experiments import (
     RecordList,
-    count_macs,
-    count_params,
-    evaluate_onnx,
+    baseline_config,
+    benchmark_parser,
+    checkpoint_record,
+    find_run_dir,
+    given_checkpoints,
+    load_eurosat,
+    report_only,
+    retime,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import baseline  # noqa: E402  (the baseline benchmark's recipes and run keys)
+from satcompress.report import format_table
+from satcompress.runtime.onnx import export_onnx
 
 BITS = {"resnet18": [8, 4, 3, 2, 1], "mobilenet_v2": [8, 4, 2]}
 
 
 def baseline_run(model: str, args: argparse.Namespace) -> Path:
     """The fp32 run of ``model``: ``--checkpoint model=PATH`` or the baseline benchmark's."""
-    given = baseline.given_checkpoints(args.checkpoint)
+    given = given_checkpoints(args.checkpoint)
     if model in given:
         return given[model]
-    run = args.runs_dir / baseline.run_key(baseline.config_for(model, args))
+    config = baseline_config(model, args.data_dir, epochs=args.epochs, threads=args.threads)
+    run = find_run_dir(args.runs_dir, config)
     if not (run / "model.safetensors").is_file():
         raise SystemExit(f"no trained {model} at {run}: run benchmarks/baseline.py first")
     return run
@@ -76,7 +80,7 @@ def baseline_run(model: str, args: argparse.Namespace) -> Path:
 
 def fp32_row(run: Path, dataset, model: str, work: Path) -> dict:
     bound = count_params(sc.load_trained(run).model) * 4
-    return baseline.checkpoint_record(model, run, dataset, work, bound_bytes=bound, status="ok")
+    return checkpoint_record(model, run, dataset, work, bound_bytes=bound, status="ok")
 
 
 def ort_default_row(run: Path, dataset, model: str, work: Path, images: np.ndarray) -> dict:
@@ -218,11 +222,7 @@ def _one_thread(record: dict | None) -> dict | None:
 
 
 def markdown_table(records: list[dict]) -> str:
-    rows = [
-        "| variant | test acc. (ORT) | vs fp32 | PyTorch fake-quant acc. | bytes on disk | bound "
-        "| ratio | ORT bs1 / bs64 (ms) | speed-up bs1 / bs64 | at 1 thread | status |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
+    rows = []
     fp32 = {r["model"]: r for r in records if r["id"].endswith("-fp32")}
     for r in sorted(records, key=_table_order):
         base = fp32.get(r["model"])
@@ -233,13 +233,34 @@ def markdown_table(records: list[dict]) -> str:
         bound = r.get("bound_bytes") or 0
         fake = f"{r['pytorch_accuracy'] * 100:.2f}%" if r.get("pytorch_accuracy") else "-"
         rows.append(
-            f"| {r['id']} | {r['accuracy'] * 100:.2f}% | {delta} | {fake} | {r['size_bytes']:,} "
-            f"| {bound:,.0f} | {r['size_bytes'] / bound if bound else 0:.3f} "
-            f"| {lat.get('bs1', 0):.2f} / {lat.get('bs64', 0):.1f} | {speed} | {single} "
-            f"| {r.get('status', 'ok')} |"
+            (
+                r["id"],
+                f"{r['accuracy'] * 100:.2f}%",
+                delta,
+                fake,
+                f"{r['size_bytes']:,}",
+                f"{bound:,.0f}",
+                f"{r['size_bytes'] / bound if bound else 0:.3f}",
+                f"{lat.get('bs1', 0):.2f} / {lat.get('bs64', 0):.1f}",
+                speed,
+                single,
+                r.get("status", "ok"),
+            )
         )
-    rows.append(baseline.cpu_line(records))
-    return "\n".join(rows)
+    header = (
+        "variant",
+        "test acc. (ORT)",
+        "vs fp32",
+        "PyTorch fake-quant acc.",
+        "bytes on disk",
+        "bound",
+        "ratio",
+        "ORT bs1 / bs64 (ms)",
+        "speed-up bs1 / bs64",
+        "at 1 thread",
+        "status",
+    )
+    return format_table(header, "lrrrrrrrrrl", rows, records)
 
 
 def run_model(model: str, args: argparse.Namespace, records: RecordList, dataset, images) -> None:
@@ -285,7 +306,7 @@ def run_model(model: str, args: argparse.Namespace, records: RecordList, dataset
 
 
 def main() -> None:
-    parser = baseline.benchmark_parser(__doc__, "results/quantize.json")
+    parser = benchmark_parser(__doc__, "results/quantize.json")
     parser.add_argument("--models", nargs="+", default=list(BITS), choices=list(BITS))
     parser.add_argument("--checkpoint", nargs="*", default=[], metavar="MODEL=PATH")
     parser.add_argument("--epochs", type=int, default=20, help="the baseline's epochs (its key)")
@@ -324,16 +345,16 @@ def main() -> None:
     parser.add_argument("--kd", action="store_true", help="QAT distils from the fp32 model")
     parser.add_argument("--calibration-images", type=int, default=512)
     args = parser.parse_args()
-    if baseline.report_only(args, markdown_table):
+    if report_only(args, markdown_table):
         return
 
     records = RecordList(args.out)
-    dataset = baseline.load_eurosat(args.data_dir)
+    dataset = load_eurosat(args.data_dir)
     images = calibration_images(dataset, args.calibration_images)
     for model in args.models:
         run_model(model, args, records, dataset, images)
     if args.retime_rounds:  # the final timing pass; 0: leave it for later (--retime)
-        baseline.retime(records, args.threads, args.retime_rounds, tuple(args.retime_threads))
+        retime(records, args.threads, args.retime_rounds, tuple(args.retime_threads))
     print(markdown_table(records.records))
 
 

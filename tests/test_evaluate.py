@@ -5,13 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from satcompress.artifact import export_onnx, make_session, read_metadata, run_session
 from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.evaluate import (
     REQUIRED_KEYS,
     LatencyConfig,
-    RecordList,
     classification_metrics,
     count_macs,
     count_params,
@@ -20,6 +18,7 @@ from satcompress.evaluate import (
 )
 from satcompress.models import create_model
 from satcompress.preprocess import InputSpec, Preprocess
+from satcompress.runtime.onnx import export_onnx, make_session, read_metadata, run_session
 
 
 def test_metrics_match_hand_computation():
@@ -117,45 +116,6 @@ def test_predict_refuses_other_classes(tiny_dataset, tmp_path):
     )
     with pytest.raises(ValueError, match="classes"):
         predict_onnx(path, tiny_dataset, progress=False)
-
-
-def _record(i, acc=0.5):
-    return {
-        "id": f"r{i}",
-        "model": "m",
-        "dataset": "d",
-        "recipe": {},
-        "accuracy": acc,
-        "params": 1,
-        "macs": 1,
-        "size_bytes": 1,
-        "latency_ms": {},
-    }
-
-
-def test_record_list_saves_each_row_and_skips_done_work(tmp_path):
-    path = tmp_path / "results.json"
-    records = RecordList(path)
-    calls = []
-
-    def run():
-        calls.append(1)
-        return {k: v for k, v in _record(0).items() if k != "id"}
-
-    records.get_or_run("r0", run)
-    assert len(json.loads(path.read_text())) == 1
-    RecordList(path).get_or_run("r0", run)
-    assert len(calls) == 1, "a saved row is not recomputed"
-    records.put(_record(0, acc=0.7))
-    assert [r["accuracy"] for r in RecordList(path).records] == [0.7]
-
-
-def test_record_list_rejects_incomplete_records(tmp_path):
-    bad = _record(1)
-    del bad["size_bytes"]
-    with pytest.raises(ValueError, match="size_bytes"):
-        RecordList(tmp_path / "r.json").put(bad)
-    assert not (tmp_path / "r.json").exists()
 
 
 def test_side_by_side_latency_interleaves_rounds_and_keeps_their_medians(tmp_path):

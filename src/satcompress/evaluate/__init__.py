@@ -13,7 +13,6 @@ from satcompress.evaluate.profile import (
 from satcompress.evaluate.record import (
     RECORD_SCHEMA,
     REQUIRED_KEYS,
-    RecordList,
     validate_record,
 )
 
@@ -21,7 +20,6 @@ __all__ = [
     "RECORD_SCHEMA",
     "REQUIRED_KEYS",
     "LatencyConfig",
-    "RecordList",
     "classification_metrics",
     "count_macs",
     "count_params",
