@@ -226,6 +226,7 @@ def distill(
     run_dir: str | Path,
     *,
     train_config: TrainConfig,
+    teacher_weights: str | Path | None = None,
     resume: bool = False,
     evaluate_model: bool = True,
     split: str = "test",
@@ -246,7 +247,7 @@ def distill(
         )
     result = distill_model(
         train_config, config, teacher if teacher is not None else source, run_dir,
-        dataset=dataset, resume=resume, progress=progress,
+        teacher_weights=teacher_weights, dataset=dataset, resume=resume, progress=progress,
     )  # fmt: skip
     if not result.is_global_zero:
         return StageResult("distill", result.model, result.card, run_dir, result.input_spec)
