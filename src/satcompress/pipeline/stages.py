@@ -460,7 +460,8 @@ def _measure(
     progress: bool,
 ) -> dict[str, Any]:
     return evaluate(
-        model, dataset, spec, model_name=str(card.get("model")), recipe=card.get("recipe"),
+        model, dataset, spec, model_name=str(card.get("model")),
+        recipe={"stage": card["lineage"][-1]["stage"], **(card.get("recipe") or {})},
         split=split, run_dir=run_dir, latency=latency,
         extra={**extra, "lineage": card.get("lineage", [])}, progress=progress,
     )  # fmt: skip
