@@ -23,10 +23,10 @@ from satcompress.artifact.format import (
     load_artifact,
     write_artifact,
 )
-from satcompress.runtime.onnx import export_onnx, make_session, run_session
 from satcompress.compress.quantize import QATConfig, calibrate, export_qat_onnx, prepare_qat
 from satcompress.models import create_model
 from satcompress.preprocess import InputSpec, Preprocess
+from satcompress.runtime.onnx import export_onnx, make_session, run_session
 
 SPEC = InputSpec(mean=(0.4, 0.5, 0.3), std=(0.2, 0.2, 0.25))
 

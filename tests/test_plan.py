@@ -5,7 +5,6 @@ from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 
 from satcompress.artifact.encode import BytePredictor, encode, layer_byte_table, predict_bytes
 from satcompress.artifact.format import load_artifact
-from satcompress.runtime.onnx import make_session, run_session
 from satcompress.compress.plan import (
     CompressionPlan,
     LayerPlan,
@@ -16,6 +15,7 @@ from satcompress.compress.plan import (
 from satcompress.config import ConfigError
 from satcompress.models import create_model
 from satcompress.preprocess import InputSpec, Preprocess
+from satcompress.runtime.onnx import make_session, run_session
 
 SPEC = InputSpec(mean=(0.4, 0.5, 0.3), std=(0.2, 0.2, 0.25))
 MODELS = ["test_cnn", "test_mobilenet", "test_vit"]

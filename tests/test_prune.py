@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from satcompress.runtime.onnx import make_session, run_session
 from satcompress.checkpoint import load_trained
 from satcompress.compress.prune import (
     PruneConfig,
@@ -23,6 +22,7 @@ from satcompress.evaluate import evaluate
 from satcompress.models import create_model
 from satcompress.pipeline import prune
 from satcompress.preprocess import InputSpec, Preprocess
+from satcompress.runtime.onnx import make_session, run_session
 from satcompress.train import TrainConfig
 
 VIT_SPEC = InputSpec(size=32)

@@ -9,7 +9,6 @@ from onnx import numpy_helper
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from satcompress.artifact.format import load_artifact
-from satcompress.runtime.onnx import export_onnx, make_session, run_session
 from satcompress.compress.quantize import (
     PTQConfig,
     QATConfig,
@@ -28,6 +27,7 @@ from satcompress.evaluate.artifact import pytorch_accuracy
 from satcompress.models import create_model
 from satcompress.pipeline import quantize
 from satcompress.preprocess import InputSpec, Preprocess
+from satcompress.runtime.onnx import export_onnx, make_session, run_session
 from satcompress.train import TrainConfig, train
 from satcompress.train.task import SupervisedLoss
 
@@ -552,9 +552,8 @@ def test_cli_qat_2_bits_one_epoch_and_export_from_the_run(cnn_run, dataset, tmp_
 
 
 def test_cli_qat_flags_reach_the_config():
-    from satcompress.cli.quantize import config_from_args
-
     from satcompress.cli import build_parser
+    from satcompress.cli.quantize import config_from_args
 
     argv = ["quantize", "--method", "qat", "--bits", "2", "--depthwise-bits", "8",
             "--first-last", "same", "--checkpoint", "x", "--run-dir", "y"]  # fmt: skip
@@ -566,9 +565,8 @@ def test_cli_qat_flags_reach_the_config():
 
 
 def test_cli_ptq_reduce_range_flag_reaches_the_config():
-    from satcompress.cli.quantize import config_from_args
-
     from satcompress.cli import build_parser
+    from satcompress.cli.quantize import config_from_args
 
     argv = ["quantize", "--method", "ptq", "--checkpoint", "x", "--run-dir", "y"]
     assert config_from_args(build_parser().parse_args(argv)).reduce_range  # the default

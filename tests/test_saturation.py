@@ -3,6 +3,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from satcompress.compress.quantize import PTQConfig, quantize_onnx
+from satcompress.evaluate.profile import LatencyConfig, measure_latency
+from satcompress.models import create_model
+from satcompress.preprocess import InputSpec
 from satcompress.runtime import saturation
 from satcompress.runtime.onnx import export_onnx, make_session
 from satcompress.runtime.saturation import (
@@ -10,10 +14,6 @@ from satcompress.runtime.saturation import (
     make_saturation_safe,
     resolve_policy,
 )
-from satcompress.compress.quantize import PTQConfig, quantize_onnx
-from satcompress.evaluate.profile import LatencyConfig, measure_latency
-from satcompress.models import create_model
-from satcompress.preprocess import InputSpec
 
 
 def _matmul_integer(weights: np.ndarray, zero_point: bool = True) -> onnx.ModelProto:

@@ -58,7 +58,6 @@ from satcompress.artifact.format import (
     encode_artifact,
     file_size,
 )
-from satcompress.runtime.onnx import export_onnx
 from satcompress.artifact.pack import Levels, packed_size
 from satcompress.compress.plan import (
     CompressionPlan,
@@ -69,6 +68,7 @@ from satcompress.compress.plan import (
     plan_units,
 )
 from satcompress.preprocess import InputSpec
+from satcompress.runtime.onnx import export_onnx
 
 __all__ = [
     "BytePredictor",

@@ -107,9 +107,9 @@ def export_artifact(
 
 
 def _export_onnx(path: Path, output: Path, compress: bool) -> dict[str, Any]:
-    from satcompress.runtime.onnx import read_metadata
     from satcompress.card import derive_card
     from satcompress.pipeline import build_artifact
+    from satcompress.runtime.onnx import read_metadata
 
     meta = read_metadata(path)
     card = derive_card(

@@ -10,12 +10,12 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from satcompress.runtime.onnx import export_onnx, make_session, read_metadata, run_session
 from satcompress.data import SceneDataset
 from satcompress.evaluate.metrics import classification_metrics
 from satcompress.evaluate.profile import LatencyConfig, count_macs, count_params, measure_latency
 from satcompress.evaluate.record import RECORD_SCHEMA, environment, timestamp, validate_record
 from satcompress.preprocess import InputSpec
+from satcompress.runtime.onnx import export_onnx, make_session, read_metadata, run_session
 from satcompress.utils.io import atomic_write_json
 
 DEFAULT_LATENCY = LatencyConfig()

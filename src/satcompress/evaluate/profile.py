@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from satcompress.runtime.onnx import make_session, run_session
 from satcompress.config import Config, ConfigError
 from satcompress.models.stats import count_macs, count_params  # noqa: F401  (API)
+from satcompress.runtime.onnx import make_session, run_session
 from satcompress.utils.cpu import cpu_info
 
 

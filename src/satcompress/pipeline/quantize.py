@@ -16,7 +16,6 @@ from typing import Any
 import torch
 import yaml
 
-from satcompress.runtime.onnx import export_onnx
 from satcompress.checkpoint import TrainedModel, read_card
 from satcompress.compress.quantize.config import PTQConfig, QATConfig
 from satcompress.compress.quantize.export import export_qat_onnx, to_fake_quant_module
@@ -32,6 +31,7 @@ from satcompress.pipeline.data import dataset_for
 from satcompress.pipeline.load import ARTIFACT_NAME, QAT_SETTINGS
 from satcompress.pipeline.result import StageResult
 from satcompress.pipeline.stages import Source, _files, _torch_source, build_artifact, finish_card
+from satcompress.runtime.onnx import export_onnx
 from satcompress.train import TrainConfig
 from satcompress.utils.io import atomic_write_bytes
 

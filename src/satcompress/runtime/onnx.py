@@ -20,8 +20,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from satcompress.runtime.saturation import make_saturation_safe, resolve_policy
 from satcompress.preprocess import InputSpec, Preprocess
+from satcompress.runtime.saturation import make_saturation_safe, resolve_policy
 from satcompress.utils.io import atomic_write_bytes
 
 OPSET = 17

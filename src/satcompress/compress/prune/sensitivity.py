@@ -45,7 +45,7 @@ from satcompress.compress.prune.structured import StructuredPruner
 from satcompress.compress.prune.transformers import split_multihead_attention
 from satcompress.compress.prune.unstructured import apply_magnitude, prunable_layers
 from satcompress.data import SceneDataset
-from satcompress.evaluate import count_macs, count_params
+from satcompress.models.stats import count_macs, count_params
 from satcompress.preprocess import InputSpec
 from satcompress.utils.cache import JsonCache
 from satcompress.utils.cache import cache_key as hash_payload

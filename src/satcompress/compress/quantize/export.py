@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from satcompress.runtime.onnx import export_onnx
 from satcompress.compress.quantize.qat import (
     _CLAMPING_ACTIVATIONS,
     _set_module,
@@ -39,6 +38,7 @@ from satcompress.compress.quantize.qat import (
     run_with_hooks,
 )
 from satcompress.preprocess import InputSpec
+from satcompress.runtime.onnx import export_onnx
 from satcompress.utils.io import atomic_write_bytes
 
 _WEIGHT_PREFIX = "model."

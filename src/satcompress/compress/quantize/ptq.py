@@ -36,9 +36,9 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from satcompress.runtime.onnx import make_session
 from satcompress.compress.quantize.config import PTQConfig
 from satcompress.data import SceneDataset
+from satcompress.runtime.onnx import make_session
 from satcompress.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
