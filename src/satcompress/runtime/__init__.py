@@ -1,5 +1,5 @@
-"""Running deployable models: ONNX export of a PyTorch model, and the ONNX Runtime sessions
-(saturation-safe on CPUs whose int8 kernels could overflow) that every figure is measured in.
+"""Running deployable models: ONNX export and the ONNX Runtime sessions.
 
-Below ``compress`` and ``artifact``: both export and run ONNX graphs through it.
+The sessions are saturation-safe on CPUs whose int8 kernels could overflow; every figure is
+measured in them. Below ``compress`` and ``artifact``: both export and run ONNX graphs here.
 """
