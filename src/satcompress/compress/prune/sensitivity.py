@@ -12,10 +12,12 @@ split, subset), the input spec and the settings; a rerun with the same key retur
 result without evaluating anything. The latest result is also written to
 ``<run_dir>/sensitivity.json``.
 
-:func:`prune_units` and :func:`prune_unit` (the units, and a copy with one unit pruned) are
-shared with the per-layer sensitivity table of :mod:`satcompress.pipeline.sensitivity`
-(loss, KL and bytes for bits, channel ratios and sparsities), which supersedes this
-accuracy-only analysis.
+Superseded by :func:`satcompress.pipeline.sensitivity.layer_sensitivity` (loss increase, KL,
+accuracy and predicted bytes for weight bits, channel ratios and sparsities, each applied
+through ``apply_plan``; same cache); this accuracy-only analysis stays for
+``satcompress analyze sensitivity`` until that command calls
+:func:`satcompress.pipeline.sensitivity.run_sensitivity`. :func:`prune_units` and
+:func:`prune_unit` list the units and prune one of them (any importance, Taylor included).
 """
 
 from __future__ import annotations
