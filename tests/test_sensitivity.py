@@ -12,6 +12,7 @@ from torch import nn
 from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.models import create_model
+from satcompress.models.weights import save_weights
 from satcompress.pipeline.sensitivity import (
     LayerSensitivityConfig,
     Option,
@@ -279,3 +280,10 @@ def test_run_sensitivity_writes_the_table_and_reuses_it(cnn, dataset, tmp_path):
     assert JsonCache(tmp_path / "cache").keys() == [table.key]
     again = run_sensitivity(cnn, dataset, config, tmp_path, input_spec=SPEC)
     assert again.cached and again.units == table.units
+    # a run directory: its card gives architecture and input spec; same weights, same key
+    run = tmp_path / "run"
+    save_weights(cnn, run / "model.safetensors")
+    card = {"model": "test_cnn", "num_classes": 10, "model_kwargs": {"width": 8}}
+    (run / "model.json").write_text(json.dumps({**card, "input": SPEC.to_dict()}))
+    loaded = run_sensitivity(run, dataset, config, tmp_path)
+    assert loaded.cached and loaded.key == table.key
