@@ -408,8 +408,8 @@ def run_sensitivity(
         dataset: The dataset whose ``config.split`` provides the images.
         config: The settings; None = the defaults.
         run_dir: Output folder.
-        input_spec: Overrides the card's input spec; required in spirit for a bare model
-            (default: :class:`InputSpec` defaults, ImageNet normalisation at the dataset's size).
+        input_spec: Overrides the card's input spec; pass it with a bare model (else
+            :class:`InputSpec`'s defaults: ImageNet normalisation at the dataset's size).
         model_name: Registry name, for weights without a card.
         cache_dir: Cache folder; None = ``run_dir/cache``.
         progress: Show a progress bar.
