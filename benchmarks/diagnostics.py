@@ -72,8 +72,9 @@ import onnxruntime as ort
 import torch
 
 import satcompress as sc
-from satcompress.compress.quantize import QATConfig, calibrate, prepare_qat, pytorch_accuracy
+from satcompress.compress.quantize import QATConfig, calibrate, prepare_qat
 from satcompress.compress.quantize.qat import _calibration_batches, load_qat_model
+from satcompress.evaluate.artifact import pytorch_accuracy
 from satcompress.evaluate.profile import cpu_description
 from satcompress.experiments import benchmark_parser, load_eurosat
 from satcompress.preprocess import Preprocess

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import satcompress as sc
 from satcompress.compress.distill import DistillConfig, distill
-from satcompress.compress.quantize import PTQConfig, quantize
+from satcompress.compress.quantize import PTQConfig
 from satcompress.experiments import (
     RecordList,
     benchmark_parser,
@@ -43,6 +43,7 @@ from satcompress.experiments import (
     report_only,
     train_and_evaluate,
 )
+from satcompress.pipeline import quantize
 from satcompress.report import format_table
 from satcompress.utils.io import file_digest
 
@@ -116,8 +117,7 @@ def train_student(
 
 
 def int8_record(run_dir: Path, dataset) -> dict:
-    result = quantize(run_dir, "ptq", run_dir=run_dir / "int8", config=PTQConfig(), dataset=dataset)
-    return {**result.record, "bound_bytes": result.bound_bytes}
+    return quantize(run_dir, dataset, PTQConfig(), run_dir / "int8").record
 
 
 def ucmerced_rows(args, records: RecordList) -> None:

@@ -41,14 +41,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from satcompress.compress.quantize.api import evaluate_artifact, export_qat
 
 import satcompress as sc
 from satcompress.artifact.format import write_artifact
-from satcompress.compress.quantize import PTQConfig, QATConfig, quantize
+from satcompress.compress.quantize import PTQConfig, QATConfig
 from satcompress.compress.quantize.ptq import ImageReader, calibration_images
 from satcompress.compress.quantize.qat import qat_train_config
 from satcompress.evaluate import count_macs, count_params, evaluate_onnx
+from satcompress.evaluate.artifact import evaluate_artifact
 from satcompress.experiments import (
     RecordList,
     baseline_config,
@@ -60,6 +60,8 @@ from satcompress.experiments import (
     report_only,
     retime,
 )
+from satcompress.pipeline import quantize
+from satcompress.pipeline.quantize import export_qat
 from satcompress.report import format_table
 from satcompress.runtime.onnx import export_onnx
 
@@ -125,8 +127,7 @@ def _onnx_row(path: Path, trained, dataset, model: str, stage: str, work: Path) 
 
 
 def ptq_row(run: Path, dataset, model: str, out: Path, config: PTQConfig) -> dict:
-    result = quantize(run, "ptq", run_dir=out, config=config, dataset=dataset)
-    return result.record
+    return quantize(run, dataset, config, out).record
 
 
 def _per_bits(items: list[str], cast: type) -> dict[int, Any]:
@@ -164,37 +165,21 @@ def qat_row(run: Path, dataset, model: str, config: QATConfig, out: Path, args) 
         trained = sc.load_trained(run)
         train_config = qat_train_config(trained.card, config, trained.input_spec, overrides)
     resume = (out / "checkpoints" / "last.ckpt").is_file()
-    result = quantize(
-        run,
-        "qat",
-        run_dir=out,
-        config=config,
-        dataset=dataset,
-        train_config=train_config,
-        resume=resume,
-    )
-    return result.record
+    return quantize(run, dataset, config, out, train_config=train_config, resume=resume).record
 
 
 def sparse_row(qat_run: Path, dataset, model: str, out: Path) -> dict:
     """The QAT model with 50% of each quantized layer's weights zeroed by magnitude."""
-    from satcompress.compress.quantize.qat import QATResult, load_qat_model, quant_layers
+    from satcompress.compress.quantize.qat import quant_layers
 
-    qat_model, spec, settings = load_qat_model(qat_run)
+    trained = sc.load(qat_run)
     with torch.no_grad():
-        for layer in quant_layers(qat_model).values():
+        for layer in quant_layers(trained.model).values():
             w = layer.weight
             w[w.abs() <= w.abs().flatten().kthvalue(w.numel() // 2).values] = 0
-    config = QATConfig.from_dict(settings["qat"])
-    train_config = sc.TrainConfig(model=model, dataset="eurosat")
-    result = QATResult(
-        qat_model, spec, out, settings["layer_bits"], "ok", "", None, dataset, config, train_config
-    )
     out.mkdir(parents=True, exist_ok=True)
-    exported = export_qat(qat_model, spec, dataset, out, result)
-    return evaluate_artifact(
-        exported.artifact_path, dataset, extra={"status": "ok", "sparsity": 0.5}
-    )
+    export_qat(trained, trained.card, out / "model.satc")
+    return evaluate_artifact(out / "model.satc", dataset, extra={"status": "ok", "sparsity": 0.5})
 
 
 def _table_order(record: dict) -> tuple:

@@ -188,34 +188,18 @@ def train(
 
     The record measures the fp32 ONNX file (``format`` ``onnx-fp32``).
     """
-    from satcompress.train import load_config_dataset
     from satcompress.train import train as train_model
 
     run_dir = Path(run_dir)
     parent = load(source) if source is not None else None
-    if dataset is None:
-        dataset = (
-            dataset_for(parent.card, where=parent.weights_path)
-            if parent is not None and not config.data_dir
-            else load_config_dataset(config, progress)
-        )
+    dataset = dataset or _training_data(config, parent, progress)
     model = parent.model if parent is not None else None
     result = train_model(
         config, run_dir, model=model, dataset=dataset, resume=resume, progress=progress
     )
-    if not result.is_global_zero:
-        return StageResult("train", result.model, result.card, run_dir, result.input_spec)
-    card = finish_card(
-        run_dir, parent.card if parent else None, "train", config, dataset, result.card,
-        seed=config.seed,
-    )  # fmt: skip
-    record = None
-    if evaluate_model:
-        record = _measure(result.model, result.input_spec, dataset, card, run_dir, split, latency,
-                          {"train": result.summary}, progress)  # fmt: skip
-    return StageResult(
-        "train", result.model, card, run_dir, result.input_spec, record,
-        _files(run_dir), dataset, result,
+    return _trained(
+        "train", result, parent, config, dataset, run_dir, config, evaluate_model, split, latency,
+        progress,
     )  # fmt: skip
 
 
@@ -235,33 +219,59 @@ def distill(
 ) -> StageResult:
     """Train ``train_config.model`` as a student of the teacher ``source``."""
     from satcompress.compress.distill import distill as distill_model
-    from satcompress.train import load_config_dataset
 
     run_dir = Path(run_dir)
     teacher = load(source) if not isinstance(source, str) or Path(source).exists() else None
-    if dataset is None:
-        dataset = (
-            load_config_dataset(train_config, progress)
-            if train_config.data_dir or teacher is None
-            else dataset_for(teacher.card, where=teacher.weights_path)
-        )
+    dataset = dataset or _training_data(train_config, teacher, progress)
     result = distill_model(
         train_config, config, teacher if teacher is not None else source, run_dir,
         teacher_weights=teacher_weights, dataset=dataset, resume=resume, progress=progress,
     )  # fmt: skip
-    if not result.is_global_zero:
-        return StageResult("distill", result.model, result.card, run_dir, result.input_spec)
+    return _trained(
+        "distill", result, teacher, config, dataset, run_dir, train_config, evaluate_model, split,
+        latency, progress,
+    )  # fmt: skip
+
+
+def _training_data(
+    config: TrainConfig, source: TrainedModel | None, progress: bool
+) -> SceneDataset:
+    """The data a training stage uses: its config's, else the data its source model knows."""
+    from satcompress.train import load_config_dataset
+
+    if source is not None and not config.data_dir:
+        return dataset_for(source.card, where=source.weights_path, progress=progress)
+    return load_config_dataset(config, progress)
+
+
+def _trained(
+    stage: str,
+    result: Any,
+    parent: TrainedModel | None,
+    config: Config,
+    dataset: SceneDataset,
+    run_dir: Path,
+    train_config: TrainConfig,
+    evaluate_model: bool,
+    split: str,
+    latency: LatencyConfig | None,
+    progress: bool,
+) -> StageResult:
+    """Card, record and result of a stage that trained through the training loop."""
+    if not result.is_global_zero:  # the other processes of a multi-process run
+        return StageResult(stage, result.model, result.card, run_dir, result.input_spec)
+    extra = {"train": train_config} if train_config is not config else None
     card = finish_card(
-        run_dir, teacher.card if teacher else None, "distill", config, dataset, result.card,
-        seed=train_config.seed, extra_configs={"train": train_config},
+        run_dir, parent.card if parent else None, stage, config, dataset, result.card,
+        seed=train_config.seed, extra_configs=extra,
     )  # fmt: skip
     record = None
     if evaluate_model:
         record = _measure(result.model, result.input_spec, dataset, card, run_dir, split, latency,
                           {"train": result.summary}, progress)  # fmt: skip
     return StageResult(
-        "distill", result.model, card, run_dir, result.input_spec, record,
-        _files(run_dir), dataset, result,
+        stage, result.model, card, run_dir, result.input_spec, record, _files(run_dir), dataset,
+        result,
     )  # fmt: skip
 
 
