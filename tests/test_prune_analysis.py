@@ -6,23 +6,22 @@ import json
 import pytest
 
 from satcompress.cli import main
-from satcompress.compress.prune import (
-    PruningError,
-    SensitivityConfig,
-    VitLayersConfig,
-    common,
-    sensitivity,
-    sensitivity_table,
-    vit_layer_importance,
-)
+from satcompress.compress.prune import PruningError, VitLayersConfig, vit_layer_importance
 from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.models import create_model
+from satcompress.pipeline.sensitivity import (
+    LayerSensitivityConfig,
+    SensitivityError,
+    SensitivityTable,
+    layer_sensitivity,
+    run_sensitivity,
+)
 from satcompress.preprocess import InputSpec
 from satcompress.train import TrainConfig, train
 from satcompress.utils.cache import JsonCache
 
-sensitivity_module = importlib.import_module("satcompress.compress.prune.sensitivity")
+sensitivity_module = importlib.import_module("satcompress.pipeline.sensitivity")
 
 
 @pytest.fixture(scope="module")
@@ -31,63 +30,73 @@ def dataset(eurosat_root):
 
 
 def _counting(monkeypatch):
-    """Count the accuracy evaluations of the sensitivity analysis."""
+    """Count the model evaluations of the sensitivity analysis (one per option and unit)."""
     calls = []
+    log_probs = sensitivity_module._log_probs
 
     def counted(*args, **kwargs):
         calls.append(1)
-        return common.accuracy(*args, **kwargs)
+        return log_probs(*args, **kwargs)
 
-    monkeypatch.setattr(sensitivity_module, "accuracy", counted)
+    monkeypatch.setattr(sensitivity_module, "_log_probs", counted)
     return calls
+
+
+def _evaluations(table):
+    """The reference model, then every cell that was measured."""
+    return 1 + sum(len(unit["results"]) for unit in table.units)
 
 
 def test_sensitivity_is_cached_and_reused(dataset, tmp_path, monkeypatch):
     calls = _counting(monkeypatch)
     model = create_model("test_resnet", 10)
-    config = SensitivityConfig(method="l1", ratios=(0.5,), max_samples=16)
-    first = sensitivity(model, dataset, config, tmp_path, input_spec=InputSpec(), progress=False)
-    units = first["units"]
-    assert not first["cached"] and len(calls) == first["evaluations"] == 1 + len(units)
-    assert {u["name"] for u in units} >= {"stem.0", "layer1.conv1", "layer2.conv1"}
-    row = units[0]["results"][0]
-    assert row["ratio"] == 0.5 and 0 <= row["accuracy"] <= 1
-    assert row["params"] < first["baseline"]["params"]
+    config = LayerSensitivityConfig(bits=(), channel_ratios=(0.5,), sparsities=(), num_images=16)
+    first = run_sensitivity(model, dataset, config, tmp_path, input_spec=InputSpec())
+    units = first.units
+    assert not first.cached and len(calls) == _evaluations(first)
+    groups = [u["name"] for u in units if "c0.5" in u["results"]]
+    assert set(groups) >= {"stem.0", "layer1.conv1", "layer2.conv1"}
+    cell = first.cell("stem.0", "c0.5")
+    assert 0 <= cell["accuracy"] <= 1 and cell["kl"] >= 0
+    assert cell["bytes"] < first.cell("stem.0", "float")["bytes"], "pruning shrinks the unit"
+    assert cell["file_bytes"] < first.baseline["bytes"]
     assert (tmp_path / "sensitivity.json").is_file()
 
-    again = sensitivity(model, dataset, config, tmp_path, input_spec=InputSpec(), progress=False)
-    assert again["cached"] and len(calls) == first["evaluations"], "nothing was recomputed"
-    assert again["units"] == units and again["key"] == first["key"]
+    again = run_sensitivity(model, dataset, config, tmp_path, input_spec=InputSpec())
+    assert again.cached and len(calls) == _evaluations(first), "nothing was recomputed"
+    assert again.units == units and again.key == first.key
 
-    other = config.replace(ratios=(0.25,))
-    third = sensitivity(model, dataset, other, tmp_path, input_spec=InputSpec(), progress=False)
-    assert not third["cached"] and third["key"] != first["key"]
-    assert JsonCache(tmp_path / "cache").keys() == sorted([first["key"], third["key"]])
-    latest = json.loads((tmp_path / "sensitivity.json").read_text())
-    assert latest["key"] == third["key"] and latest["units"] == third["units"]
-    assert "stem.0" in sensitivity_table(first)
-    fourth = sensitivity(model, dataset, config, tmp_path, input_spec=InputSpec(), progress=False)
-    assert fourth["cached"] and fourth["units"] == units, "both keys stay cached"
-    assert len(calls) == first["evaluations"] + third["evaluations"]
+    other = config.replace(channel_ratios=(0.25,))
+    third = run_sensitivity(model, dataset, other, tmp_path, input_spec=InputSpec())
+    assert not third.cached and third.key != first.key
+    assert JsonCache(tmp_path / "cache").keys() == sorted([first.key, third.key])
+    latest = SensitivityTable.load(tmp_path / "sensitivity.json")
+    assert latest.key == third.key and latest.units == third.units
+    assert "| stem.0 |" in first.markdown()
+    fourth = run_sensitivity(model, dataset, config, tmp_path, input_spec=InputSpec())
+    assert fourth.cached and fourth.units == units, "both keys stay cached"
+    assert len(calls) == _evaluations(first) + _evaluations(third)
 
 
-def test_magnitude_sensitivity_covers_every_layer_and_the_weights_change_the_key(dataset, tmp_path):
+def test_sparsity_sensitivity_covers_every_layer_and_the_weights_change_the_key(dataset, tmp_path):
     model = create_model("test_cnn", 10)
-    config = SensitivityConfig(method="magnitude", ratios=(0.5, 0.9), max_samples=8)
-    first = sensitivity(model, dataset, config, tmp_path, input_spec=InputSpec(), progress=False)
-    assert [u["name"] for u in first["units"]] == ["0", "3", "6", "11"]
-    assert [r["ratio"] for r in first["units"][0]["results"]] == [0.5, 0.9]
+    config = LayerSensitivityConfig(
+        bits=(), channel_ratios=(), sparsities=(0.5, 0.9), num_images=8, predict_bytes=False
+    )
+    first = run_sensitivity(model, dataset, config, tmp_path, input_spec=InputSpec())
+    assert first.unit_names() == ["0", "3", "6", "11"]
+    assert all(set(u["results"]) == {"float", "s0.5", "s0.9"} for u in first.units)
     other = create_model("test_cnn", 10)  # other random weights: another key
-    second = sensitivity(other, dataset, config, tmp_path, input_spec=InputSpec(), progress=False)
-    assert not second["cached"]
+    second = run_sensitivity(other, dataset, config, tmp_path, input_spec=InputSpec())
+    assert not second.cached and second.key != first.key
 
 
 def test_sensitivity_names_unknown_units(dataset):
-    config = SensitivityConfig(ratios=(0.5,), layers=["layer1.conv"], max_samples=8)
-    with pytest.raises(PruningError, match="Did you mean: .*layer1.conv1"):
-        sensitivity(create_model("test_resnet", 10), dataset, config, input_spec=InputSpec())
-    with pytest.raises(ConfigError, match=r"ratios must be in \(0, 1\)"):
-        SensitivityConfig(ratios=(0.0,))
+    config = LayerSensitivityConfig(bits=(), sparsities=(), units=["layer1.conv"], num_images=8)
+    with pytest.raises(SensitivityError, match="Did you mean: .*layer1.conv1"):
+        layer_sensitivity(create_model("test_resnet", 10), dataset, InputSpec(), config)
+    with pytest.raises(ConfigError, match=r"channel_ratios must be in \(0, 1\)"):
+        LayerSensitivityConfig(channel_ratios=(0.0,))
 
 
 def test_vit_layer_importance_writes_table_and_plot(dataset, tmp_path):
@@ -149,12 +158,23 @@ def test_prune_command_errors_name_the_cause(trained_runs, tmp_path, capsys):
 
 
 def test_analyze_commands(trained_runs, tmp_path, capsys):
-    args = ["analyze", "sensitivity", "--checkpoint", str(trained_runs / "cnn")]
-    args += ["--ratios", "0.5", "--max-samples", "8", "--run-dir", str(tmp_path / "s")]
+    out = tmp_path / "s"
+    args = ["analyze", "sensitivity", "--checkpoint", str(trained_runs / "cnn"), "--bits", "8"]
+    args += ["--ratios", "0.5", "--sparsities", "0.9", "--max-samples", "8", "--run-dir", str(out)]
     assert main(args) == 0
-    assert "saved in" in capsys.readouterr().out
-    assert main(args) == 0
-    assert "reused from" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "saved in" in text and "reused from" not in text
+    assert "| unit (loss_increase) |" in text and "| unit (bytes) |" in text
+    table = SensitivityTable.load(out / "sensitivity.json")
+    assert table.options == ["float", "w8", "c0.5", "s0.9"] and len(table.data["indices"]) == 8
+    assert all(f"| {name} |" in text for name in table.unit_names())
+    assert main([*args, "--metric", "kl"]) == 0
+    text = capsys.readouterr().out
+    assert "reused from" in text and "| unit (kl) |" in text
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["key"] == table.key
+    assert main([*args, "--metric", "speed"]) == 2
+    assert "--metric must be one of" in capsys.readouterr().err
     vit = ["analyze", "vit-layers", "--checkpoint", str(trained_runs / "vit")]
     assert main([*vit, "--max-samples", "8", "--run-dir", str(tmp_path / "v")]) == 0
     assert "baseline accuracy" in capsys.readouterr().out

@@ -6,7 +6,8 @@ Examples::
         --finetune-epochs 5 [--global] [--teacher self] --run-dir runs/r18_l1_50
     satcompress prune --checkpoint runs/r18 --method magnitude --ratio 0.9 --steps 3
         --finetune-epochs 5 --run-dir runs/r18_sparse90
-    satcompress analyze sensitivity --checkpoint runs/r18 --ratios 0.25 0.5 --run-dir runs/s
+    satcompress analyze sensitivity --checkpoint runs/r18 --bits 8 4 2 --channel-ratios 0.5
+        --sparsities 0.9 --run-dir runs/s
     satcompress analyze vit-layers --checkpoint runs/vit --head-ratio 0.5 --run-dir runs/v
 """
 
@@ -27,7 +28,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``prune`` and ``analyze {sensitivity,vit-layers}`` to the subcommands."""
     _add_prune(commands)
     analyses = commands.add_parser(
-        "analyze", help="pruning analyses: per-layer sensitivity, ViT layer importance"
+        "analyze", help="analyses: per-layer sensitivity table, ViT layer importance"
     ).add_subparsers(title="analyses")
     _add_sensitivity(analyses)
     _add_vit_layers(analyses)
@@ -91,27 +92,41 @@ def _add_teacher_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_sensitivity(analyses: argparse._SubParsersAction) -> None:
     parser = analyses.add_parser(
-        "sensitivity", help="accuracy as each prunable layer/group alone is pruned (cached)"
+        "sensitivity",
+        help="per-layer cost of weight bits, channel ratios and sparsities, each alone (cached)",
     )
     _add_checkpoint(parser)
     parser.add_argument("--model", help="registry name (if the weights have no card)")
     parser.add_argument("--run-dir", type=Path, required=True, help="folder of sensitivity.json")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    group = parser.add_argument_group("analysis options")
-    for flag, name, text, kwargs in (
-        ("--method", "method", "importance (default l1)", {"choices": METHODS}),
-        ("--ratios", "ratios", "ratios to try (default 0.25 0.5 0.75)",
-         {"type": float, "nargs": "+"}),
-        ("--split", "split", "split to score (default val)",
+    parser.add_argument(
+        "--metric",
+        default="loss_increase",
+        help="what the cells show: loss_increase, kl, accuracy, loss, bytes or file_bytes",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group = parser.add_argument_group("analysis options (LayerSensitivityConfig)")
+    for flags, name, text, kwargs in (
+        (("--bits",), "bits", "weight bits tried per layer (default 8 6 4 3 2 1; "
+         "none: no bits)", {"type": int, "nargs": "*"}),
+        (("--channel-ratios", "--ratios"), "channel_ratios", "fractions of a group's "
+         "channels removed (default 0.25 0.5 0.75)", {"type": float, "nargs": "*"}),
+        (("--sparsities",), "sparsities", "fractions of a layer's weights zeroed "
+         "(default 0.5 0.75 0.9)", {"type": float, "nargs": "*"}),
+        (("--split",), "split", "split the images come from (default train)",
          {"choices": ["train", "val", "test"]}),
-        ("--max-samples", "max_samples", "images scored (default 512)", {"type": int}),
-        ("--batch-size", "batch_size", "evaluation batch size", {"type": int}),
-        ("--layers", "layers", "only these units (default: all)",
+        (("--num-images", "--max-samples"), "num_images", "images measured (default 256)",
+         {"type": int}),
+        (("--calibration-images",), "calibration_images", "images calibrating a quantized "
+         "layer's activations (default 32)", {"type": int}),
+        (("--batch-size",), "batch_size", "evaluation batch size", {"type": int}),
+        (("--units", "--layers"), "units", "only these layers/groups (default: all)",
          {"nargs": "+", "metavar": "UNIT"}),
-        ("--taylor-batches", "taylor_batches", "taylor: batches of gradients", {"type": int}),
-        ("--seed", "seed", "seed of the image subset", {"type": int}),
+        (("--seed",), "seed", "seed of the image subset", {"type": int}),
+        (("--predict-bytes",), "predict_bytes", "predict each option's artifact bytes",
+         {"action": argparse.BooleanOptionalAction}),
     ):  # fmt: skip
-        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=text, **kwargs)
+        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=text, **kwargs)
     add_data_flags(parser)
     parser.set_defaults(handler=cmd_sensitivity)
 
@@ -231,19 +246,43 @@ def _analysis_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    """``satcompress analyze sensitivity``."""
-    from satcompress.compress.prune.config import SensitivityConfig
-    from satcompress.compress.prune.sensitivity import sensitivity, sensitivity_table
+    """``satcompress analyze sensitivity``: the per-layer table, printed and saved.
 
+    Markdown to stdout (or the table's JSON with ``--json``); ``run_dir/sensitivity.json``
+    holds the table, ``run_dir/cache`` the cache keyed by weights, data and settings.
+    """
+    from satcompress.config import ConfigError
+    from satcompress.pipeline.load import is_quantized
+    from satcompress.pipeline.sensitivity import (
+        CACHE_DIR,
+        METRICS,
+        SENSITIVITY_FILE,
+        LayerSensitivityConfig,
+        run_sensitivity,
+    )
+
+    if args.metric not in METRICS:
+        raise ConfigError(f"--metric must be one of {', '.join(METRICS)}; got {args.metric!r}")
+    config = LayerSensitivityConfig.from_dict(_given(args, LayerSensitivityConfig))
     loaded, dataset = _analysis_inputs(args)
-    config = SensitivityConfig.from_dict(_given(args, SensitivityConfig))
-    result = sensitivity(loaded.model, dataset, config, args.run_dir, input_spec=loaded.input_spec)
+    if is_quantized(loaded):
+        raise ConfigError(
+            f"{args.checkpoint} is already quantized ({loaded.kind}): analyze the model it was "
+            "quantized from"
+        )
+    table = run_sensitivity(
+        loaded.model, dataset, config, args.run_dir, input_spec=loaded.input_spec,
+        progress=not args.no_progress,
+    )  # fmt: skip
     if args.json:
-        print(json.dumps(result, indent=1))
+        print(json.dumps(table.to_dict(), indent=1))
     else:
-        print(sensitivity_table(result))
-        origin = "reused from" if result["cached"] else "saved in"
-        print(f"({origin} {Path(args.run_dir) / 'sensitivity.json'})")
+        print(table.markdown(args.metric))
+        saved = Path(args.run_dir) / SENSITIVITY_FILE
+        origin = (
+            f"reused from the cache in {Path(args.run_dir) / CACHE_DIR}; " if table.cached else ""
+        )
+        print(f"\n({origin}saved in {saved})")
     return 0
 
 

@@ -73,6 +73,8 @@ SENSITIVITY_FILE = "sensitivity.json"
 CACHE_DIR = "cache"
 TABLE_FORMAT = "satcompress.layer_sensitivity/1"
 FLOAT = "float"
+#: What a cell holds (the columns :meth:`SensitivityTable.markdown` can show).
+METRICS = ("loss_increase", "kl", "accuracy", "loss", "bytes", "file_bytes")
 
 
 class SensitivityError(ValueError):
@@ -293,8 +295,14 @@ class SensitivityTable:
         The bytes table follows when bytes are known.
 
         Args:
-            metric: ``loss_increase`` (default), ``kl``, ``accuracy``, ``loss`` or ``bytes``.
+            metric: ``loss_increase`` (default), ``kl``, ``accuracy``, ``loss``, ``bytes`` or
+                ``file_bytes`` (see :data:`METRICS`).
+
+        Raises:
+            ValueError: For another metric.
         """
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
         base = self.baseline
         lines = [
             f"Sensitivity on {len(self.data.get('indices', []))} {self.data.get('split')} images "
@@ -306,7 +314,7 @@ class SensitivityTable:
         has_bytes = any(
             cell.get("bytes") is not None for row in self.units for cell in row["results"].values()
         )
-        if metric != "bytes" and has_bytes:
+        if metric not in ("bytes", "file_bytes") and has_bytes:
             lines += ["", *self._grid("bytes")]
         return "\n".join(lines)
 
@@ -329,7 +337,7 @@ def _format(cell: dict[str, Any] | None, metric: str) -> str:
     value = cell.get(metric)
     if value is None:
         return "n/a"
-    if metric == "bytes":
+    if metric in ("bytes", "file_bytes"):
         return str(int(value))
     if metric == "accuracy":
         return f"{value * 100:.2f}%"

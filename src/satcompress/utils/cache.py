@@ -8,8 +8,8 @@ change in the payload gives another key, hence another file. Files are written t
 :func:`satcompress.utils.io.atomic_write_json`, so an interrupted run leaves either no entry
 or a whole one; unreadable or foreign files are treated as misses.
 
-It lives in ``utils`` (the bottom layer) so that every layer may use it: the pruning
-analysis in ``compress`` and the per-layer sensitivity table in ``pipeline`` alike.
+It lives in ``utils`` (the bottom layer) so that every layer may use it, whatever layer an
+analysis lives in (the per-layer sensitivity table in ``pipeline`` is the first user).
 
 Example:
     >>> cache = JsonCache("runs/r18/cache")

@@ -5,7 +5,8 @@ attention heads with Torch-Pruning's dependency graph: parameters, MACs, the ONN
 latency shrink. ``magnitude`` zeroes the smallest weights (exact zeros, per-layer sparsity
 reported). :func:`prune` runs the steps with fine-tuning (optionally distillation) in between
 through :func:`satcompress.train.train` and evaluates the result in ONNX Runtime;
-:func:`sensitivity` and :func:`vit_layer_importance` analyse where a model can be cut.
+:func:`vit_layer_importance` analyses where a ViT can be cut (the per-layer sensitivity
+table of every option is :func:`satcompress.pipeline.sensitivity.layer_sensitivity`).
 
 Example:
     >>> result = prune(
@@ -25,7 +26,6 @@ from satcompress.compress.prune.config import (
     METHODS,
     STRUCTURED_METHODS,
     PruneConfig,
-    SensitivityConfig,
     VitLayersConfig,
 )
 from satcompress.utils.lazy import lazy_package
@@ -34,7 +34,6 @@ __all__ = [
     "METHODS",
     "STRUCTURED_METHODS",
     "PruneConfig",
-    "SensitivityConfig",
     "VitLayersConfig",
     *lazy_package(
         __name__,
@@ -44,8 +43,6 @@ __all__ = [
             "prune": "api",
             "split_epochs": "api",
             "PruningError": "common",
-            "sensitivity": "sensitivity",
-            "sensitivity_table": "sensitivity",
             "Calibration": "structured",
             "StructuredPruner": "structured",
             "layer_widths": "structured",

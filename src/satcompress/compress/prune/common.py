@@ -159,14 +159,6 @@ def accumulate_gradients(
     model.train(was_training)
 
 
-def copy_gradients(source: nn.Module, target: nn.Module) -> None:
-    """Give ``target`` (a deep copy of ``source``) the same ``.grad`` tensors."""
-    grads = {n: p.grad for n, p in source.named_parameters() if p.grad is not None}
-    for name, param in target.named_parameters():
-        if name in grads:
-            param.grad = grads[name].clone()
-
-
 def clone(model: nn.Module) -> nn.Module:
     """A deep copy of a model (its gradients are not copied)."""
     return copy.deepcopy(model)

@@ -91,53 +91,6 @@ class PruneConfig(Config):
 
 
 @dataclasses.dataclass
-class SensitivityConfig(Config):
-    """Per-layer sensitivity analysis: accuracy as each prunable layer/group alone is pruned.
-
-    Attributes:
-        method: Importance (as in :class:`PruneConfig`); ``magnitude`` prunes single layers'
-            weights, the others whole channel groups (a residual stream is one group) and
-            attention heads.
-        ratios: Ratios at which every layer is pruned, each in (0, 1).
-        split: Dataset split the accuracy is measured on.
-        max_samples: Size of the (seeded random) subset of that split; None = all of it.
-        batch_size: Evaluation batch size.
-        layers: Only these layers/groups (names as in the result); empty = all.
-        taylor_batches: Taylor: training batches whose gradients give the importance.
-        seed: Seed of the subset.
-    """
-
-    method: str = "l1"
-    ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
-    split: str = "val"
-    max_samples: int | None = 512
-    batch_size: int = 128
-    layers: list[str] = dataclasses.field(default_factory=list)
-    taylor_batches: int = 2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.ratios, (int, float)):
-            self.ratios = (self.ratios,)
-        self.ratios = tuple(float(r) for r in self.ratios)
-        self.layers = [str(name) for name in self.layers]
-        super().__post_init__()
-
-    def validate(self) -> None:
-        """Reject impossible values with a message naming the option."""
-        check_method(self.method)
-        if not self.ratios:
-            raise ConfigError("ratios must hold at least one ratio in (0, 1)")
-        for ratio in self.ratios:
-            check_ratio("ratios", ratio)
-            if ratio == 0:
-                raise ConfigError("ratios must be in (0, 1): pruning 0 tells nothing")
-        check_eval_options(self.max_samples, self.batch_size)
-        if self.taylor_batches < 1:
-            raise ConfigError(f"taylor_batches must be >= 1, got {self.taylor_batches}")
-
-
-@dataclasses.dataclass
 class VitLayersConfig(Config):
     """ViT layer-importance analysis: accuracy when each block is removed or loses heads.
 

@@ -109,7 +109,7 @@ class StructuredPruner:
         config: Method, ratio(s), steps, ignored layers, rounding.
         example_inputs: A float batch for tracing the graph.
         unit_ratios: Prune only these groups (names as in :meth:`groups`) at these ratios,
-            for sensitivity analyses; ``None`` = the config's ratios everywhere.
+            as a compression plan does; ``None`` = the config's ratios everywhere.
 
     Raises:
         PruningError: If the graph cannot be traced, holds nothing prunable, a layer name
