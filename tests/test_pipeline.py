@@ -54,9 +54,50 @@ def test_python_chain_unstructured_prune_then_ptq(eurosat_root, tmp_path):
     ptq = run(PTQConfig(calibration_images=16), sparse, None, tmp_path / "q", latency=None)
     assert lineage_stages(ptq.card) == ["train", "prune", "quantize"]
     assert ptq.record["format"] == "artifact-int8"
+    # size_bytes is always the deployable file the stage leaves; format says which
+    assert trained.record["format"] == "onnx-fp32"
+    assert trained.size_bytes == (tmp_path / "t" / "model.onnx").stat().st_size
+    assert sparse.record["format"] == "artifact-fp32"
+    for result in (sparse, ptq):
+        assert result.size_bytes == result.files["artifact"].stat().st_size
+    assert sparse.size_bytes < sparse.record["onnx_bytes"], "zeros cost mask bits"
     assert load(tmp_path / "q").kind == "artifact"
     with pytest.raises(ConfigError, match="already quantized"):
         run(PruneConfig(), tmp_path / "q", None, tmp_path / "again")
+
+
+def test_build_artifact_writes_what_the_encoder_builds_and_predict_bytes_predicts(
+    tmp_path, monkeypatch
+):
+    import satcompress.pipeline.stages as stages
+    from satcompress.artifact.encode import export_for_artifact, predict_bytes
+    from satcompress.artifact.format import load_artifact
+    from satcompress.artifact.manifest import artifact_info
+    from satcompress.compress.plan import CompressionPlan
+    from satcompress.models import create_model
+    from satcompress.preprocess import InputSpec
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return encode(*args, **kwargs)
+
+    encode = stages.encode
+    monkeypatch.setattr(stages, "encode", spy)
+    model, spec, card = create_model("test_cnn", 10).eval(), InputSpec(size=32), {"model": "m"}
+    graph, _, _ = export_for_artifact(model, spec, (32, 32))
+    sizes = {}
+    for compress in (False, True):
+        path = tmp_path / f"{compress}.satc"
+        kwargs = {"compress": compress} if not compress else {}  # the stages' default: LZMA
+        manifest = stages.build_artifact(graph, card, path, params=1, macs=2, **kwargs)
+        assert calls[-1]["compress"] is compress and calls[-1]["info"]["card"] == card
+        assert manifest["size_bytes"] == path.stat().st_size == load_artifact(path).size_bytes
+        sizes[compress] = manifest["size_bytes"]
+    info = artifact_info(card, params=1, macs=2)
+    assert predict_bytes(model, CompressionPlan(), spec, (32, 32), info=info) == sizes[False]
+    assert sizes[True] <= sizes[False]
 
 
 def test_cli_chain_names_the_data_only_once(eurosat_root, tmp_path, capsys):

@@ -9,7 +9,9 @@ LZMA by default** (``compress=False``), so that the size is a function of shapes
 zero counts that :func:`predict_bytes` computes exactly; LZMA would save more (measured on the
 test models: ~8% of fp32 weights, more on 4- and 8-bit codes), but which stream it shrinks and
 by how much depends on the values, which no cheap model predicts within 1%.
-``compress=True`` gives those smaller files; the prediction is then an upper bound.
+``compress=True`` gives those smaller files; the prediction is then an upper bound. Every
+deployable file is built here: the pipeline's ``build_artifact`` passes ONNX graphs (fp32,
+PTQ, QAT) to :func:`encode` with ``compress=True``, as the stages have always written them.
 
 The predictor's rule (:class:`BytePredictor`): the file is ``header (24) + manifest JSON +
 tensors + LZMA'd graph skeleton + SHA-256 (32)``.
@@ -115,32 +117,55 @@ def export_for_artifact(
 
 
 def encode(
-    model: nn.Module,
-    spec: InputSpec,
-    image_size: tuple[int, int],
+    model: nn.Module | onnx.ModelProto | str | Path,
+    spec: InputSpec | None = None,
+    image_size: tuple[int, int] | None = None,
     *,
     info: Mapping[str, Any] | None = None,
     layer_bits: Mapping[str, int | None] | None = None,
+    bits: Mapping[str, int] | None = None,
+    layers: Mapping[str, str] | None = None,
     compress: bool = False,
 ) -> EncodedArtifact:
-    """Build the deployable artifact of a (compressed) PyTorch model in memory.
+    """Build the deployable artifact of a (compressed) model in memory: the one encoder.
+
+    Every deployable ``.satc`` file is built here (the pipeline's
+    :func:`~satcompress.pipeline.stages.build_artifact` calls it, then ``.write(path)``),
+    so its bytes are the ones :func:`predict_bytes` predicts (exactly with
+    ``compress=False``; an upper bound with ``compress=True``).
 
     Args:
-        model: As :func:`~satcompress.compress.plan.apply_plan` returns it (or any float
-            model): QAT layers are exported as int8 QDQ with their real bits, float models as
-            fp32 (pruned zeros stored as a mask).
-        spec: Its input spec.
-        image_size: (height, width) of the uint8 images the graph receives.
+        model: A PyTorch model as :func:`~satcompress.compress.plan.apply_plan` returns it
+            (or any float model): QAT layers are exported as int8 QDQ with their real bits,
+            float models as fp32 (pruned zeros stored as a mask). Or an ONNX graph already
+            exported (a ``ModelProto`` or its file: an fp32 graph, a QDQ graph from
+            ``quantize_static``, a QAT graph), stored as it is with ``bits`` and ``layers``.
+        spec: The PyTorch model's input spec (not used for an ONNX graph).
+        image_size: (height, width) of the uint8 images the graph receives (PyTorch model).
         info: Description stored in the manifest.
-        layer_bits: Weight bits per layer (default: the model's own, see
+        layer_bits: Weight bits per layer of a PyTorch model (default: the model's own, see
             :func:`export_for_artifact`).
+        bits: Bit-width of an ONNX graph's ``int8``/``uint8`` initializers by name (default
+            8); see :func:`~satcompress.artifact.format.write_artifact`.
+        layers: The model layer of an ONNX graph's initializers (for ``inspect``).
         compress: Also try LZMA per stream (smaller, but not exactly predictable).
 
     Returns:
         The :class:`EncodedArtifact` (``.data``, ``.size_bytes``, ``.manifest``, ``.write``).
+
+    Raises:
+        TypeError: For a PyTorch model without ``spec`` and ``image_size``, or an ONNX graph
+            with ``spec``, ``image_size`` or ``layer_bits`` (which only a PyTorch model uses).
     """
-    proto, bits, layers = export_for_artifact(model, spec, image_size, layer_bits)
-    return encode_artifact(proto, bits=bits, layers=layers, info=info, compress=compress)
+    if isinstance(model, nn.Module):
+        if spec is None or image_size is None:
+            raise TypeError("encode() of a PyTorch model needs its spec and image_size")
+        if bits is not None or layers is not None:
+            raise TypeError("bits= and layers= describe an ONNX graph; give layer_bits=")
+        model, bits, layers = export_for_artifact(model, spec, image_size, layer_bits)
+    elif spec is not None or image_size is not None or layer_bits is not None:
+        raise TypeError("an ONNX graph is stored as exported: give bits= and layers= only")
+    return encode_artifact(model, bits=bits, layers=layers, info=info, compress=compress)
 
 
 # --- size prediction --------------------------------------------------------------------------

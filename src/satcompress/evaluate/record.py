@@ -2,6 +2,11 @@
 
 One schema serves every model variant (trained, distilled, pruned, quantized, searched):
 the keys in :data:`REQUIRED_KEYS` are always present, so reports can compare anything.
+
+``size_bytes`` is always the deployable file's size, and ``format`` names that file:
+``onnx-fp32`` for a plain fp32 ONNX file, ``artifact-<bits>`` (``artifact-fp32``,
+``artifact-int8``, ``artifact-int4-mixed``, ...) for a ``.satc`` artifact (rows of older
+runs may say ``onnx-int8``: a quantized ONNX file, before the artifact existed).
 """
 
 from __future__ import annotations

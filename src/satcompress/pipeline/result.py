@@ -23,7 +23,15 @@ class StageResult:
         card: Its model card (lineage included), as written to the run directory.
         run_dir: Where the stage wrote its files (the next stage's ``--checkpoint``).
         input_spec: The model's input resolution and normalisation.
-        record: The evaluation record (None when the stage did not evaluate).
+        record: The evaluation record (None when the stage did not evaluate). Its
+            ``size_bytes`` is always the bytes of the deployable file the stage leaves, and
+            its ``format`` says which file that is: ``onnx-fp32``, the plain fp32 ONNX file
+            (train, distill, and eval of a PyTorch model), or ``artifact-<bits>``
+            (``artifact-fp32``, ``artifact-int8``, ``artifact-int4-mixed``, ...), the
+            ``.satc`` artifact (prune, quantize, and eval of an artifact), which
+            :func:`~satcompress.pipeline.stages.build_artifact` builds through
+            :func:`satcompress.artifact.encode.encode`. Where an artifact is measured,
+            ``onnx_bytes`` may keep the plain ONNX file's size for comparison.
         files: What the stage wrote, by role (``weights``, ``card``, ``artifact``, ...).
         dataset: The dataset the stage used (None for ``export``).
         details: The stage's own result (e.g. the pruning summary, the QAT result).

@@ -24,7 +24,8 @@ from typing import Any
 from torch import nn
 
 from satcompress.artifact import ARTIFACT_SUFFIX
-from satcompress.artifact.format import artifact_format, load_artifact, write_artifact
+from satcompress.artifact.encode import encode
+from satcompress.artifact.format import artifact_format, load_artifact
 from satcompress.artifact.manifest import artifact_info
 from satcompress.card import CARD_FILE, DataSource, derive_card
 from satcompress.checkpoint import TrainedModel
@@ -161,15 +162,29 @@ def build_artifact(
 ) -> dict[str, Any]:
     """Write the deployable ``.satc`` of an ONNX graph with its card: the one place that does.
 
+    The file is built in memory by :func:`satcompress.artifact.encode.encode` (the encoder
+    whose size :func:`~satcompress.artifact.encode.predict_bytes` predicts), then written.
+
+    Args:
+        onnx_model: The graph (``ModelProto`` or file): fp32, PTQ's QDQ or QAT's QDQ.
+        card: The model's card (embedded in the manifest with ``params`` and ``macs``).
+        path: The ``.satc`` file to write.
+        params: Parameter count of the model.
+        macs: Multiply-accumulates per image.
+        bits: Bit-width of ``int8`` initializers by name (QAT's low-bit weights).
+        layers: The model layer of each initializer.
+        compress: Allow LZMA per stored stream where it is smaller. The stages keep the
+            default (True, as every committed ``size_bytes`` was measured); ``encode``'s own
+            default is False (exactly predictable sizes).
+
     Returns:
-        The manifest written (``size_bytes`` included).
+        The manifest written, with ``size_bytes``: the bytes of the file on disk.
     """
     info = artifact_info(card, params=params, macs=macs)
-    manifest = write_artifact(
-        onnx_model, path, bits=bits, layers=layers, info=info, compress=compress
-    )
-    log.info("artifact %s: %s bytes", path, manifest["size_bytes"])
-    return manifest
+    encoded = encode(onnx_model, bits=bits, layers=layers, info=info, compress=compress)
+    encoded.write(path)
+    log.info("artifact %s: %s bytes", path, encoded.size_bytes)
+    return {**encoded.manifest, "size_bytes": encoded.size_bytes}
 
 
 def train(
