@@ -17,7 +17,7 @@ Example:
     ...     teacher="self",
     ... )
     >>> result.record["macs"], result.record["latency_ms"]
-    >>> model = load_pruned("runs/r18_l1_50").model  # a fresh process will do
+    >>> model = satcompress.load("runs/r18_l1_50").model  # a fresh process will do
 
 The configs import at once; the rest (Torch-Pruning, Lightning) on first use.
 """

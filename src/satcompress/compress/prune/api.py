@@ -5,7 +5,7 @@ after each through :func:`satcompress.train.train` (optionally distilling from t
 model or any teacher); ``magnitude`` zeroes weights one-shot or on a gradual schedule during
 fine-tuning. The run directory receives the pruned ``model.safetensors``, its card
 ``model.json`` (recipe included), ``pruning.json`` for structured pruning (see
-:mod:`satcompress.compress.prune.io`), ``prune_summary.json``, each fine-tuning run under
+:mod:`satcompress.models.pruned`), ``prune_summary.json``, each fine-tuning run under
 ``finetune/``. Measuring it (ONNX export, artifact, record) is the pipeline's prune stage
 (:func:`satcompress.pipeline.prune`).
 """
