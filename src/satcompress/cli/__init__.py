@@ -16,10 +16,12 @@ import dataclasses
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from satcompress.cli import artifact as artifact_commands
+from satcompress.cli import baic as baic_commands
 from satcompress.cli import prune as prune_commands
 from satcompress.cli import quantize as quantize_commands
 from satcompress.cli.common import (
@@ -42,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``satcompress`` command. Returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    else:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("satcompress").setLevel(logging.INFO)
+        quiet_third_parties()
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
@@ -58,6 +65,66 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+#: Known third-party noise that normal output hides (``--verbose`` shows it), named one by
+#: one so that anything else still shows. Log records: the emitting logger ("" = root) and
+#: the start of the message.
+QUIET_LOGS = {
+    # torch, imported by Brevitas, on every machine without CUDA
+    "torch.utils.cpp_extension": ("No CUDA runtime is found",),
+    # onnxruntime.quantization logs through the root logger: advice on its own pre-processing
+    "": (
+        "Please consider to run pre-processing before quantization",
+        "Please consider pre-processing before quantization",
+    ),
+}
+#: Loggers whose INFO chatter is hidden: Lightning's "GPU available", "TPU available", its
+#: litlogger tip, the echo of ``--limit-batches`` and "`Trainer.fit` stopped".
+QUIET_BELOW_WARNING = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+#: Python warnings hidden: (category, regex the message starts with).
+QUIET_WARNINGS = (
+    # Brevitas on every quantized layer with a bias
+    (UserWarning, r"Computing zero point of output accumulator not supported yet"),
+    # torch's Module.state_dict, called by Brevitas with positional arguments
+    (FutureWarning, r"Positional args are being deprecated, use kwargs instead"),
+    # torch's pytree, called by Lightning
+    (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # Lightning, for epochs shorter than its logging interval (--limit-batches, tiny data)
+    (UserWarning, r"The number of training batches \(\d+\) is smaller than the logging interval"),
+)
+
+
+class _DropMessages(logging.Filter):
+    """Drops the records of one logger whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def quiet_third_parties() -> None:
+    """Hide the known third-party warnings and chatter of :data:`QUIET_LOGS` and friends.
+
+    For the command line only (the library leaves logging and warnings to its caller);
+    idempotent. Lightning's own log handler no longer passes its records on to the root
+    logger's as well (each line was printed twice).
+    """
+    for name, prefixes in QUIET_LOGS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(prefixes))
+    for name in QUIET_BELOW_WARNING:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("lightning").propagate = False
+    for category, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     from satcompress.data import DatasetError
     from satcompress.models import WeightsError
@@ -68,6 +135,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all subcommands."""
     parser = argparse.ArgumentParser(prog="satcompress", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show third-party log messages and warnings"
+    )
     commands = parser.add_subparsers(title="commands")
 
     data = commands.add_parser("data", help="dataset tools").add_subparsers(title="data commands")
@@ -89,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune_commands.add_commands(commands)
     quantize_commands.add_commands(commands)
     artifact_commands.add_commands(commands)
+    baic_commands.add_commands(commands)
 
     evaluate = commands.add_parser("eval", help="accuracy, size and latency of a trained model")
     source = evaluate.add_argument_group("model")

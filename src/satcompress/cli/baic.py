@@ -1,0 +1,118 @@
+"""``satcompress baic``: the most accurate ``.satc`` file that fits a byte budget."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from satcompress.cli.common import add_data_flags, data_overrides
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``baic``."""
+    parser = commands.add_parser(
+        "baic",
+        help="budget-aware compression: the most accurate file within a byte budget",
+        description=(
+            "Measure per-layer sensitivity, allocate bits and channel ratios exactly under the "
+            "budget, fine-tune candidates with distillation, save the best as model.satc "
+            "(never over the budget), with candidates.jsonl, report.md and pareto.png."
+        ),
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="trained float model")
+    parser.add_argument("--budget", required=True, help="1MB, 500kB, 1MiB, 1000000 or 44x")
+    parser.add_argument("--run-dir", type=Path, required=True, help="output folder (resumable)")
+    parser.add_argument("--latency-budget-ms", type=float, help="batch-1 latency limit (ORT)")
+    parser.add_argument("--time-limit", type=_duration, help="seconds, or 30m / 1h")
+    parser.add_argument("--teacher", help="distillation teacher (default: the input model)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="minutes, not an hour: fewer/shorter fine-tunes (see docs)",
+    )
+    parser.add_argument("--workers", type=int, help="candidate fine-tunes at once")
+    parser.add_argument("--executor", choices=["local", "ray"], help="local processes or Ray")
+    parser.add_argument("--ray-address", help="existing Ray cluster (default: a local runtime)")
+    parser.add_argument("--candidates", type=int, help="most BAIC plans fine-tuned")
+    parser.add_argument("--candidate-epochs", type=int, help="fine-tune epochs per candidate")
+    parser.add_argument("--candidate-batches", type=int, help="batches per candidate epoch")
+    parser.add_argument("--final-epochs", type=int, help="fine-tune epochs of the chosen plan")
+    parser.add_argument("--baseline-epochs", type=int, help="fine-tune epochs of the baselines")
+    parser.add_argument("--bits", help="bit-widths a layer may get, e.g. 8,6,4,3,2,1")
+    parser.add_argument("--channel-ratios", help="prune ratios a group may get, e.g. 0.25,0.5")
+    parser.add_argument("--baselines", help="uniform,greedy (or none)")
+    parser.add_argument("--batch-size", type=int, help="fine-tune batch size")
+    parser.add_argument("--lr", type=float, help="fine-tune peak learning rate")
+    parser.add_argument("--seed", type=int, help="seed of fine-tunes and sensitivity subset")
+    add_data_flags(parser)
+    parser.set_defaults(handler=cmd_baic)
+
+
+def _duration(text: str) -> float:
+    scale = {"s": 1, "m": 60, "h": 3600}
+    unit = text[-1].lower()
+    try:
+        return float(text[:-1]) * scale[unit] if unit in scale else float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (600, 10m, 1.5h)") from err
+
+
+_FIELDS = (
+    "budget",
+    "latency_budget_ms",
+    "time_limit",
+    "teacher",
+    "workers",
+    "executor",
+    "ray_address",
+    "candidates",
+    "candidate_epochs",
+    "candidate_batches",
+    "final_epochs",
+    "baseline_epochs",
+    "bits",
+    "channel_ratios",
+    "baselines",
+    "batch_size",
+    "lr",
+    "seed",
+)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`BAICConfig` of the flags (``--quick`` preset first, flags on top)."""
+    from satcompress.search.config import BAICConfig, quick_config
+
+    values = {name: getattr(args, name) for name in _FIELDS if getattr(args, name) is not None}
+    if values.get("baselines") == "none":
+        values["baselines"] = ()
+    if values.get("channel_ratios") == "none":
+        values["channel_ratios"] = ()
+    return quick_config(**values) if args.quick else BAICConfig(**values)
+
+
+def cmd_baic(args: argparse.Namespace) -> int:
+    """Run the search and print its summary."""
+    from satcompress.search.baic import baic
+    from satcompress.search.budget import format_bytes
+
+    result = baic(
+        args.checkpoint,
+        None,
+        config_from_args(args),
+        args.run_dir,
+        overrides=data_overrides(args),
+    )
+    summary = result.details
+    before, after = summary["input"], summary
+    print(
+        f"budget {format_bytes(summary['budget_bytes'])}: saved {format_bytes(after['bytes'])} "
+        f"({after['bytes']:,} bytes on disk)\n"
+        f"test accuracy {before['accuracy'] * 100:.2f}% ({format_bytes(before['bytes'])} fp32) "
+        f"-> {after['accuracy'] * 100:.2f}%\n"
+        f"latency (batch 1, ONNX Runtime) {before['latency_ms']:.2f} ms -> "
+        f"{after['latency_ms']:.2f} ms\n"
+        f"file: {summary['artifact']}\nreport: {result.files['report']}"
+    )
+    return 0
