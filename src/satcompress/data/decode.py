@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageFile
 from tqdm.auto import tqdm
 
+from satcompress.utils.cache import cache_root
 from satcompress.utils.io import atomic_write_json, read_json
 
 from .errors import DatasetError
@@ -56,8 +57,7 @@ class _Decoded:
 
 def _default_cache_dir() -> Path:
     """``$SATCOMPRESS_CACHE`` or ``~/.cache/satcompress``."""
-    env = os.environ.get("SATCOMPRESS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "satcompress"
+    return cache_root()
 
 
 def _cache_key(name: str, root: Path, files: Sequence[str], size: tuple[int, int]) -> str:

@@ -64,6 +64,7 @@ from satcompress.search.candidates import (
 )
 from satcompress.search.config import BAICConfig
 from satcompress.search.measure import MeasuredModel, exact_bytes, measure, plan_of
+from satcompress.utils.cache import cache_root
 from satcompress.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -367,7 +368,7 @@ def _measure(search: _Search) -> None:
         channel_ratios=config.channel_ratios,
         images=config.sensitivity_images,
         seed=config.seed,
-        cache_dir=search.run_dir / "cache",
+        cache_dir=cache_root() / "sensitivity",
         latency=config.latency_budget_ms is not None,
         info=info,
     )

@@ -87,9 +87,9 @@ class BAICConfig(Config):
 
     def validate(self) -> None:
         """Reject impossible values with a message naming the option."""
-        from satcompress.search.budget import parse_budget
+        from satcompress.search.budget import check_budget
 
-        parse_budget(self.budget, reference_bytes=10**12)  # the syntax; the value needs the model
+        check_budget(self.budget)  # the form; the value needs the model
         if not self.bits or any(b not in _BITS for b in self.bits):
             raise ConfigError(f"bits must be a non-empty list of 1..8, got {list(self.bits)}")
         if any(not 0 < r < 1 for r in self.channel_ratios):

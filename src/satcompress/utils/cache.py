@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = "satcompress.cache/1"
 
 
+def cache_root() -> Path:
+    """The user's cache folder: ``$SATCOMPRESS_CACHE`` or ``~/.cache/satcompress``."""
+    env = os.environ.get("SATCOMPRESS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "satcompress"
+
+
 def cache_key(payload: Any) -> str:
     """SHA-256 hex digest of ``payload`` as canonical JSON (sorted keys, no spaces).
 

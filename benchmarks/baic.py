@@ -1,0 +1,146 @@
+"""BAIC benchmark: the shared ResNet-18 compressed to byte budgets on EuroSAT 64x64.
+
+Writes ``results/baic.json``: one record per row, the schema of every record (the saved
+file's test accuracy in ONNX Runtime, ``size_bytes`` on disk, ``latency_ms``) plus the
+search's summary (budget, baselines at the same budget, the time split, the plan). Every row
+asserts that the file on disk is within its budget.
+
+Rows (``--rows``):
+
+* ``resnet18-<budget>``: ``satcompress baic`` from the shared ResNet-18 at that budget
+  (1MB, 500kB, 250kB, 3MB by default), with the uniform and greedy baselines;
+* ``resnet18-1MB-latency``: 1 MB and half the fp32 model's batch-1 latency;
+* ``resnet18-fp32-epoch``: one plain fp32 training epoch of the same model on the same
+  machine (its recipe, full training split): the unit of the search's cost.
+
+Resumable twice over: finished rows are kept in the results file, and an interrupted row
+resumes its search from its last finished candidate (the run directories live under
+``--runs-dir``, outside the work tree).
+
+    python benchmarks/baic.py --rows resnet18-1MB resnet18-fp32-epoch
+    python benchmarks/baic.py --table
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from satcompress.experiments import RecordList, benchmark_parser, load_eurosat, report_only
+from satcompress.pipeline import load
+from satcompress.pipeline import train as train_stage
+from satcompress.search.baic import baic
+from satcompress.search.budget import format_bytes, parse_budget
+from satcompress.search.config import BAICConfig
+from satcompress.train import TrainConfig
+
+SHARED_RESNET18 = Path("../shared/models/resnet18_eurosat64.safetensors")
+DEFAULT_ROWS = ("resnet18-1MB", "resnet18-fp32-epoch", "resnet18-500kB", "resnet18-3MB")
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__, "results/baic.json")
+    parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS))
+    parser.add_argument("--checkpoint", type=Path, default=SHARED_RESNET18)
+    parser.add_argument("--candidates", type=int, default=3)
+    parser.add_argument("--candidate-batches", type=int, default=40)
+    parser.add_argument("--final-epochs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    if report_only(args, table):
+        return
+    records = RecordList(args.out)
+    dataset = load_eurosat(args.data_dir)
+    for row in args.rows:
+        if records.get(row) is not None:
+            print(f"{row}: done")
+            continue
+        if row.endswith("fp32-epoch"):
+            record = fp32_epoch(args, dataset)
+        else:
+            record = search_row(args, dataset, row, records)
+        records.put({"id": row, **record})
+        print(f"{row}: saved")
+    print(table(records.records))
+
+
+def search_row(args: Any, dataset: Any, row: str, records: RecordList) -> dict[str, Any]:
+    """One ``baic`` run; asserts the saved file is within the budget."""
+    budget = row.split("-")[1]
+    latency = None
+    if row.endswith("-latency"):
+        fp32 = records.get(f"resnet18-{budget}") or {}
+        before = (fp32.get("baic") or {}).get("input", {}).get("latency_ms")
+        if before is None:
+            raise SystemExit(f"{row} needs resnet18-{budget} first (its fp32 latency)")
+        latency = round(before / 2, 4)
+    config = BAICConfig(
+        budget=budget, latency_budget_ms=latency, candidates=args.candidates,
+        candidate_batches=args.candidate_batches, final_epochs=args.final_epochs,
+        workers=args.workers,
+    )  # fmt: skip
+    run_dir = args.runs_dir / "baic" / row
+    started = time.perf_counter()
+    result = baic(args.checkpoint, dataset, config, run_dir)
+    summary = result.details
+    limit = parse_budget(budget, reference_bytes=summary["input"]["bytes"])
+    on_disk = Path(summary["artifact"]).stat().st_size
+    assert on_disk <= limit, f"{row}: {on_disk} bytes on disk > budget {limit}"
+    return {**result.record, "seconds": round(time.perf_counter() - started, 1), "baic": summary}
+
+
+def fp32_epoch(args: Any, dataset: Any) -> dict[str, Any]:
+    """One plain fp32 epoch of the checkpoint's model with its recipe: the cost unit."""
+    trained = load(args.checkpoint)
+    recipe = TrainConfig.from_dict(
+        {**{k: v for k, v in trained.card.get("recipe", {}).items()
+            if k in TrainConfig.__dataclass_fields__},
+         "model": trained.card.get("model", "resnet18"), "epochs": 1, "dataset": "eurosat",
+         "data_dir": str(args.data_dir), "weights": None, "pretrained": False}
+    )  # fmt: skip
+    run_dir = args.runs_dir / "baic" / "fp32-epoch"
+    started = time.perf_counter()
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    result = train_stage(None, dataset, recipe, run_dir, evaluate_model=False, resume=resume)
+    seconds = time.perf_counter() - started
+    summary = result.details.summary
+    return {
+        "model": recipe.model, "dataset": "eurosat", "recipe": recipe.to_dict(),
+        "accuracy": float(summary.get("best_val_accuracy") or 0.0), "params": 0,
+        "macs": 0, "size_bytes": 0, "format": "none", "latency_ms": {},
+        "epoch_seconds": float(summary.get("s_per_epoch") or seconds), "seconds": round(seconds, 1),
+    }  # fmt: skip
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """The README table: budget, file, accuracy, baselines, time in fp32 epochs."""
+    epoch = next((r["epoch_seconds"] for r in records if "epoch_seconds" in r), None)
+    lines = [
+        "| budget | file on disk | test acc | uniform (val) | BAIC cand. (val) | greedy (val) "
+        "| latency bs1 | search time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for record in records:
+        summary = record.get("baic")
+        if not summary:
+            continue
+        base = summary.get("baselines", {})
+        shown = {k: _acc((base.get(k) or {}).get("accuracy")) for k in ("uniform", "greedy")}
+        total = summary["time_seconds"]["total"]
+        cost = f"{total / 60:.0f} min" + (f" ({total / epoch:.1f} fp32 epochs)" if epoch else "")
+        lines.append(
+            f"| {format_bytes(summary['budget_bytes'])} | {format_bytes(summary['bytes'])} "
+            f"| {_acc(summary['accuracy'])} | {shown['uniform']} "
+            f"| {_acc(summary.get('val_accuracy'))} | {shown['greedy']} "
+            f"| {summary['input']['latency_ms']:.2f} -> {summary['latency_ms']:.2f} ms | {cost} |"
+        )
+    return "\n".join(lines)
+
+
+def _acc(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.2f}%"
+
+
+if __name__ == "__main__":
+    main()
