@@ -176,6 +176,31 @@ def test_help_of_a_setting_joins_its_docstring_lines_and_escapes_percent():
     assert "mixup, cutmix, mix_prob" in field_help(TrainConfig, "augment")
 
 
+def test_normal_output_shows_no_third_party_warnings(eurosat_root, tmp_path):
+    # torch's "No CUDA runtime is found" (on importing Brevitas), Brevitas's, torch's and
+    # Lightning's warnings, onnxruntime's advice and Lightning's chatter (printed twice) are
+    # hidden by the command line, which `--verbose` shows again
+    def cli(*args: str) -> str:
+        command = [sys.executable, "-m", "satcompress", *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    data = ["--dataset", "eurosat", "--data-dir", str(eurosat_root)]
+    quick = ["--epochs", "1", "--batch-size", "16", "--limit-batches", "1"]
+    run = tmp_path / "run"
+    train = ["train", "--model", "test_cnn", *data, *quick, "--run-dir", str(run), "--no-eval"]
+    assert "GPU available" in cli("--verbose", *train), "the check below would see the noise"
+    qat = ["--checkpoint", str(run), "--bits", "4", *quick, "--no-latency"]
+    err = cli("quantize", "--method", "qat", *qat, "--run-dir", str(tmp_path / "qat"))
+    ptq = ["--checkpoint", str(run), "--no-latency", "--run-dir", str(tmp_path / "ptq")]
+    err += cli("quantize", "--method", "ptq", *ptq)
+    noise = [line for line in err.splitlines() if "Warning" in line or "CUDA" in line]
+    assert not noise, err
+    assert "warn(" not in err and "GPU available" not in err and "Tip:" not in err, err
+    assert "artifact" in err, "satcompress's own log lines still show"
+
+
 def test_the_command_line_parser_builds_without_the_heavy_libraries():
     # `satcompress --help` must not wait for torch, ONNX or the libraries built on them.
     code = (
