@@ -27,11 +27,14 @@ from satcompress.cli import quantize as quantize_commands
 from satcompress.cli.common import (
     add_config_flags,
     add_data_flags,
+    add_field_flag,
+    add_run_flags,
     data_overrides,
     print_record,
+    print_result,
     train_config_from_args,
 )
-from satcompress.config import ConfigError, field_help, load_yaml
+from satcompress.config import ConfigError, load_yaml
 from satcompress.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -149,10 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train a classifier, then evaluate it in ONNX Runtime"
     )
-    train.add_argument("--config", type=Path, help="YAML file of TrainConfig options")
-    train.add_argument("--run-dir", type=Path, required=True, help="output folder of the run")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    train.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    add_run_flags(train)
     add_config_flags(train, TrainConfig)
     train.set_defaults(handler=cmd_train)
     _add_distill_command(commands)
@@ -191,11 +191,8 @@ def _add_distill_command(commands: argparse._SubParsersAction) -> None:
     distill.add_argument(
         "--student", dest="model", default=argparse.SUPPRESS, help="student model (= --model)"
     )
-    distill.add_argument("--config", type=Path, help="YAML file of TrainConfig options")
     distill.add_argument("--distill-config", type=Path, help="YAML file of DistillConfig options")
-    distill.add_argument("--run-dir", type=Path, required=True, help="output folder of the run")
-    distill.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    distill.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    add_run_flags(distill)
     group = distill.add_argument_group("distillation options (override --distill-config)")
     for name, kwargs in (
         ("temperature", {"type": float}),
@@ -205,9 +202,7 @@ def _add_distill_command(commands: argparse._SubParsersAction) -> None:
         ("feature_normalize", {"action": argparse.BooleanOptionalAction}),
         ("teacher_cache", {"choices": TEACHER_CACHE_MODES}),
     ):
-        flag = "--" + name.replace("_", "-")
-        help_text = field_help(DistillConfig, name)
-        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text, **kwargs)
+        add_field_flag(group, DistillConfig, name, **kwargs)
     add_config_flags(distill, TrainConfig)
     distill.set_defaults(handler=cmd_distill)
 
@@ -221,13 +216,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         None, None, config, args.run_dir, resume=args.resume, evaluate_model=not args.no_eval
     )
     summary = result.details.summary
-    print(
+    return print_result(
         f"trained {config.model}: best val accuracy {summary['best_val_accuracy']}, "
-        f"{summary['wall_s']} s, {summary['train_img_per_s']} train images/s"
+        f"{summary['wall_s']} s, {summary['train_img_per_s']} train images/s",
+        result.record,
     )
-    if result.record is not None:
-        print_record(result.record)
-    return 0
 
 
 def distill_config_from_args(args: argparse.Namespace) -> DistillConfig:
@@ -262,14 +255,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
         evaluate_model=not args.no_eval,
     )
     summary = result.details.summary
-    print(
+    return print_result(
         f"distilled {config.model} from {args.teacher}: best val accuracy "
         f"{summary['best_val_accuracy']}, {summary['wall_s']} s, teacher "
-        f"{summary['teacher_s']} s ({summary['teacher_share'] * 100:.0f}% of training)"
+        f"{summary['teacher_s']} s ({summary['teacher_share'] * 100:.0f}% of training)",
+        result.record,
     )
-    if result.record is not None:
-        print_record(result.record)
-    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -297,18 +288,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_data_info(args: argparse.Namespace) -> int:
     """``satcompress data info``."""
-    from satcompress.data import load_dataset
+    from satcompress.pipeline.data import dataset_for
 
     if not args.dataset or not args.data_dir:
         raise ConfigError("give --dataset and --data-dir")
-    dataset = load_dataset(
-        args.dataset,
-        args.data_dir,
-        split_dir=args.split_dir,
-        download=args.download,
-        image_size=args.image_size,
-        skip_bad_files=args.skip_bad_files,
-    )
+    dataset = dataset_for({}, None, data_overrides(args), where="data info")
     info = dataset.info()
     if args.json:
         print(json.dumps(info, indent=1, default=str))

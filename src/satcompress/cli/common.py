@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,56 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--skip-bad-files", action="store_true", help="skip unreadable images")
 
 
+def add_run_flags(
+    parser: argparse.ArgumentParser,
+    config_help: str = "YAML file of TrainConfig options",
+    *,
+    resume: bool = True,
+) -> None:
+    """``--config``, ``--run-dir``, ``--resume`` and ``--no-eval``: what training commands share."""
+    parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--run-dir", type=Path, required=True, help="output folder of the run")
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+
+
+def add_options(
+    group: argparse._ArgumentGroup,
+    options: Iterable[tuple[str | tuple[str, ...], str, str, dict[str, Any]]],
+) -> None:
+    """One flag per ``(flags, dest, help, kwargs)``; unset flags stay out of the namespace."""
+    for flags, dest, text, kwargs in options:
+        names = (flags,) if isinstance(flags, str) else flags
+        group.add_argument(*names, dest=dest, default=argparse.SUPPRESS, help=text, **kwargs)
+
+
+def add_field_flag(
+    group: argparse._ArgumentGroup,
+    config_cls: type,
+    name: str,
+    dest: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """``--<dest>`` for the field ``name`` of ``config_cls``, its help from the field's docs.
+
+    Unset, it stays out of the namespace (``dest`` defaults to ``name``).
+    """
+    dest = dest or name
+    help_text = field_help(config_cls, name)
+    group.add_argument(
+        "--" + dest.replace("_", "-"), dest=dest, default=argparse.SUPPRESS, help=help_text,
+        **kwargs,
+    )  # fmt: skip
+
+
 def add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """One ``--flag`` per config field; unset flags stay out of the namespace."""
     group = parser.add_argument_group("training options (override --config)")
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
-        flag = "--" + field.name.replace("_", "-")
         hint = strip_optional(hints[field.name])
-        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
+        kwargs: dict[str, Any] = {}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif hint in (int, float, str):
@@ -43,7 +86,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
             kwargs.update(type=float, nargs=3)
         else:  # dicts and nested configs: key=value pairs
             kwargs.update(type=key_value, nargs="+", metavar="KEY=VALUE")
-        group.add_argument(flag, help=field_help(config_cls, field.name), **kwargs)
+        add_field_flag(group, config_cls, field.name, **kwargs)
 
 
 def strip_optional(hint: Any) -> Any:
@@ -79,6 +122,28 @@ def data_overrides(args: argparse.Namespace) -> Any:
     from satcompress.pipeline.data import DataOverrides
 
     return DataOverrides.from_namespace(args)
+
+
+def source_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The ``--checkpoint`` model (any stage's output) and its data, classes checked.
+
+    The data is the card's unless the data flags give it (:func:`data_overrides`);
+    ``--model`` names the architecture of weights without a card, where a command has it.
+    """
+    from satcompress.pipeline import load
+    from satcompress.pipeline.data import dataset_for
+
+    source = load(args.checkpoint, model_name=getattr(args, "model", None))
+    dataset = dataset_for(source.card, None, data_overrides(args), where=args.checkpoint)
+    return source, dataset
+
+
+def print_result(headline: str, record: dict[str, Any] | None) -> int:
+    """Print a stage's headline, then its record if it has one; the exit status (0)."""
+    print(headline)
+    if record is not None:
+        print_record(record)
+    return 0
 
 
 def print_record(record: dict[str, Any]) -> None:

@@ -19,7 +19,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from satcompress.cli.common import add_config_flags, add_data_flags, data_overrides, print_record
+from satcompress.cli.common import (
+    add_config_flags,
+    add_data_flags,
+    add_options,
+    add_run_flags,
+    print_result,
+    source_and_data,
+)
 from satcompress.compress.prune.config import METHODS, PruneConfig
 from satcompress.config import load_yaml
 
@@ -42,12 +49,10 @@ def _add_prune(commands: argparse._SubParsersAction) -> None:
     )
     _add_checkpoint(parser)
     parser.add_argument("--prune-config", type=Path, help="YAML file of PruneConfig options")
-    parser.add_argument("--config", type=Path, help="YAML file of fine-tuning TrainConfig options")
-    parser.add_argument("--run-dir", type=Path, required=True, help="output folder")
-    parser.add_argument("--no-eval", action="store_true", help="skip the ONNX evaluation")
+    add_run_flags(parser, "YAML file of fine-tuning TrainConfig options", resume=False)
     parser.add_argument("--no-latency", action="store_true", help="skip latency timing")
     group = parser.add_argument_group("pruning options (override --prune-config)")
-    for flag, name, text, kwargs in (
+    add_options(group, (
         ("--method", "method", "magnitude = unstructured; the others remove channels/heads",
          {"choices": METHODS}),
         ("--ratio", "ratio", "fraction in [0, 1) of weights (magnitude) or channels removed",
@@ -66,8 +71,7 @@ def _add_prune(commands: argparse._SubParsersAction) -> None:
          {"nargs": "+", "metavar": "LAYER"}),
         ("--round-to", "round_to", "keep channel counts multiples of this", {"type": int}),
         ("--taylor-batches", "taylor_batches", "taylor: batches of gradients", {"type": int}),
-    ):  # fmt: skip
-        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=text, **kwargs)
+    ))  # fmt: skip
     _add_teacher_flags(parser)
     add_config_flags(parser, TrainConfig)
     parser.set_defaults(handler=cmd_prune)
@@ -106,7 +110,7 @@ def _add_sensitivity(analyses: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     group = parser.add_argument_group("analysis options (LayerSensitivityConfig)")
-    for flags, name, text, kwargs in (
+    add_options(group, (
         (("--bits",), "bits", "weight bits tried per layer (default 8 6 4 3 2 1; "
          "none: no bits)", {"type": int, "nargs": "*"}),
         (("--channel-ratios", "--ratios"), "channel_ratios", "fractions of a group's "
@@ -125,8 +129,7 @@ def _add_sensitivity(analyses: argparse._SubParsersAction) -> None:
         (("--seed",), "seed", "seed of the image subset", {"type": int}),
         (("--predict-bytes",), "predict_bytes", "predict each option's artifact bytes",
          {"action": argparse.BooleanOptionalAction}),
-    ):  # fmt: skip
-        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, help=text, **kwargs)
+    ))  # fmt: skip
     add_data_flags(parser)
     parser.set_defaults(handler=cmd_sensitivity)
 
@@ -139,7 +142,7 @@ def _add_vit_layers(analyses: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="registry name (if the weights have no card)")
     parser.add_argument("--run-dir", type=Path, required=True, help="where table and plot go")
     group = parser.add_argument_group("analysis options")
-    for flag, name, text, kwargs in (
+    add_options(group, (
         ("--head-ratio", "head_ratio", "fraction of one block's heads pruned (default 0.5)",
          {"type": float}),
         ("--method", "method", "head importance (default l1)",
@@ -149,8 +152,7 @@ def _add_vit_layers(analyses: argparse._SubParsersAction) -> None:
         ("--max-samples", "max_samples", "images scored (default 512)", {"type": int}),
         ("--batch-size", "batch_size", "evaluation batch size", {"type": int}),
         ("--seed", "seed", "seed of the image subset", {"type": int}),
-    ):  # fmt: skip
-        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=text, **kwargs)
+    ))  # fmt: skip
     add_data_flags(parser)
     parser.set_defaults(handler=cmd_vit_layers)
 
@@ -189,17 +191,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """``satcompress prune``: the data comes from the checkpoint's card unless flags give it."""
     from satcompress.compress.distill import DistillConfig
     from satcompress.evaluate import LatencyConfig
-    from satcompress.pipeline import load, prune
-    from satcompress.pipeline.data import DataOverrides, dataset_for
+    from satcompress.pipeline import prune
 
-    source = load(args.checkpoint, model_name=vars(args).get("model"))
     config = prune_config_from_args(args)
+    source, dataset = source_and_data(args)
     train_config = finetune_config_from_args(args, source.card)
-    given = DataOverrides(
-        dataset=vars(args).get("dataset"), data_dir=_text(vars(args).get("data_dir")),
-        split_dir=_text(vars(args).get("split_dir")), image_size=vars(args).get("image_size"),
-    )  # fmt: skip
-    dataset = dataset_for(source.card, None, given, where=args.checkpoint)
     kd = {k: getattr(args, k) for k in ("temperature", "alpha") if getattr(args, k) is not None}
     result = prune(
         source,
@@ -213,17 +209,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         evaluate_model=not args.no_eval,
         latency=None if args.no_latency else LatencyConfig(),
     )
-    _print_summary(result.details.summary)
-    if result.record is not None:
-        print_record(result.record)
-    return 0
+    return print_result(_summary(result.details.summary), result.record)
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
+def _summary(summary: dict[str, Any]) -> str:
     before, after = summary["before"], summary["after"]
     text = (
         f"pruned ({summary['method']}, ratio {summary['ratio']}): params {before['params']:,} "
@@ -232,17 +221,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )
     if "sparsity" in summary:
         text += f", sparsity {summary['sparsity'] * 100:.1f}%"
-    print(text)
-
-
-def _analysis_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The model and dataset of an ``analyze`` command (data from flags, else the card)."""
-    from satcompress.pipeline import load
-    from satcompress.pipeline.data import dataset_for
-
-    loaded = load(args.checkpoint, model_name=args.model)
-    dataset = dataset_for(loaded.card, None, data_overrides(args), where=args.checkpoint)
-    return loaded, dataset
+    return text
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -264,7 +243,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     if args.metric not in METRICS:
         raise ConfigError(f"--metric must be one of {', '.join(METRICS)}; got {args.metric!r}")
     config = LayerSensitivityConfig.from_dict(_given(args, LayerSensitivityConfig))
-    loaded, dataset = _analysis_inputs(args)
+    loaded, dataset = source_and_data(args)
     if is_quantized(loaded):
         raise ConfigError(
             f"{args.checkpoint} is already quantized ({loaded.kind}): analyze the model it was "
@@ -295,7 +274,7 @@ def cmd_vit_layers(args: argparse.Namespace) -> int:
         vit_layers_table,
     )
 
-    loaded, dataset = _analysis_inputs(args)
+    loaded, dataset = source_and_data(args)
     config = VitLayersConfig.from_dict(_given(args, VitLayersConfig))
     result = vit_layer_importance(
         loaded.model, dataset, config, args.run_dir, input_spec=loaded.input_spec

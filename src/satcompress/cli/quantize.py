@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 from typing import Any
 
-from satcompress.cli.common import add_data_flags, data_overrides
+from satcompress.cli.common import add_data_flags, add_field_flag, source_and_data
 from satcompress.compress.quantize.config import (
     CALIBRATION_METHODS,
     FIRST_LAST_POLICIES,
@@ -29,7 +30,7 @@ from satcompress.compress.quantize.config import (
     QATConfig,
     load_bits_map,
 )
-from satcompress.config import ConfigError, field_help, load_yaml
+from satcompress.config import ConfigError, load_yaml
 
 EXIT_DIVERGED = 3
 _TRAIN_OVERRIDES = ("batch_size", "limit_batches", "threads", "channels_last", "seed", "optimizer")
@@ -65,7 +66,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_ptq_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("PTQ options (override --config)")
-    flag = _flag_adder(group, PTQConfig)
+    flag = functools.partial(add_field_flag, group, PTQConfig)
     flag("mode", dest="ptq_mode", choices=PTQ_MODES)
     flag("calibration", choices=CALIBRATION_METHODS)
     flag("calibration_images", type=int)
@@ -78,7 +79,7 @@ def _add_ptq_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_qat_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("QAT options (override --config)")
-    flag = _flag_adder(group, QATConfig)
+    flag = functools.partial(add_field_flag, group, QATConfig)
     flag("activation_bits", type=_optional_int, metavar="BITS|none")
     flag("first_last", choices=FIRST_LAST_POLICIES)
     flag("depthwise_bits", type=int, metavar="BITS")
@@ -96,20 +97,6 @@ def _add_qat_flags(parser: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS
     )
-
-
-def _flag_adder(group: argparse._ArgumentGroup, config_cls: type) -> Any:
-    def add(name: str, dest: str | None = None, **kwargs: Any) -> None:
-        help_text = field_help(config_cls, name)
-        group.add_argument(
-            "--" + (dest or name).replace("_", "-"),
-            dest=dest or name,
-            default=argparse.SUPPRESS,
-            help=help_text,
-            **kwargs,
-        )
-
-    return add
 
 
 def _optional_int(text: str) -> int | None:
@@ -151,12 +138,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     """``satcompress quantize``: the data comes from the checkpoint's card unless flags give it."""
     from satcompress.compress.quantize.qat import qat_train_config
     from satcompress.evaluate import LatencyConfig
-    from satcompress.pipeline import load, quantize
-    from satcompress.pipeline.data import dataset_for
+    from satcompress.pipeline import quantize
 
     config = config_from_args(args)
-    source = load(args.checkpoint)
-    dataset = dataset_for(source.card, None, data_overrides(args), where=args.checkpoint)
+    source, dataset = source_and_data(args)
     train_config = None
     if isinstance(config, QATConfig):
         overrides = {k: v for k, v in vars(args).items() if k in _TRAIN_OVERRIDES}

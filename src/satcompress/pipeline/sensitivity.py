@@ -54,11 +54,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from satcompress.compress.prune.common import (
+    PruningError,
     clone,
     example_input,
     model_digest,
     unknown_layer_message,
 )
+from satcompress.compress.prune.common import subset_indices as common_subset_indices
 from satcompress.compress.prune.config import check_ratio
 from satcompress.compress.quantize.config import check_weight_bits
 from satcompress.config import Config, ConfigError
@@ -445,22 +447,17 @@ def run_sensitivity(
 def subset_indices(dataset: SceneDataset, split: str, count: int, seed: int) -> list[int]:
     """The indices of a seeded random choice of ``count`` images of ``split`` (sorted).
 
-    The same choice as :func:`satcompress.compress.prune.common.subset`; all indices when the
-    split holds ``count`` images or fewer.
+    The choice of :func:`satcompress.compress.prune.common.subset_indices`, listed in full
+    (all indices when the split holds ``count`` images or fewer).
 
     Raises:
         SensitivityError: If the split does not exist or is empty.
     """
-    if split not in dataset.splits or len(dataset.splits[split].labels) == 0:
-        raise SensitivityError(
-            f"the dataset {dataset.name} has no (or an empty) {split!r} split; "
-            f"splits: {', '.join(dataset.splits)}"
-        )
-    total = len(dataset.splits[split].labels)
-    if count >= total:
-        return list(range(total))
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(total, generator=generator)[:count].sort().values.tolist()
+    try:
+        indices = common_subset_indices(dataset, split, count, seed)
+    except PruningError as err:
+        raise SensitivityError(str(err)) from None
+    return list(range(len(dataset.splits[split].labels))) if indices is None else indices
 
 
 def data_fingerprint(dataset: SceneDataset, split: str, indices: list[int]) -> dict[str, Any]:

@@ -90,10 +90,13 @@ def model_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def subset(
-    dataset: SceneDataset, split: str, max_samples: int | None, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to ``max_samples`` images and labels of a split, a seeded random choice.
+def subset_indices(
+    dataset: SceneDataset, split: str, count: int | None, seed: int = 0
+) -> list[int] | None:
+    """The sorted indices of a seeded random choice of ``count`` images of ``split``.
+
+    None (all of them) when ``count`` is None or the split holds ``count`` images or fewer.
+    The one rule every analysis subset follows (pruning's calibration, the sensitivity table).
 
     Raises:
         PruningError: If the split does not exist or is empty.
@@ -103,12 +106,27 @@ def subset(
             f"the dataset {dataset.name} has no (or an empty) {split!r} split; "
             f"splits: {', '.join(dataset.splits)}"
         )
+    total = len(dataset.splits[split].labels)
+    if count is None or count >= total:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=generator)[:count].sort().values.tolist()
+
+
+def subset(
+    dataset: SceneDataset, split: str, max_samples: int | None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``max_samples`` images and labels of a split (see :func:`subset_indices`).
+
+    Raises:
+        PruningError: If the split does not exist or is empty.
+    """
+    indices = subset_indices(dataset, split, max_samples, seed)
     images, labels = dataset.splits[split].images, dataset.splits[split].labels
-    if max_samples is not None and max_samples < len(labels):
-        generator = torch.Generator().manual_seed(seed)
-        index = torch.randperm(len(labels), generator=generator)[:max_samples].sort().values
-        images, labels = images[index], labels[index]
-    return images, labels
+    if indices is None:
+        return images, labels
+    index = torch.tensor(indices, dtype=torch.long)
+    return images[index], labels[index]
 
 
 def batches(
