@@ -154,13 +154,7 @@ def run_candidate(job: CandidateJob) -> dict[str, Any]:
     run_dir.mkdir(parents=True)
     plan = CompressionPlan.from_dict(job.plan)
     model, train_config = _fine_tuned(job, config, plan, trained, dataset, teacher)
-    card = derive_card(
-        trained.card,
-        "baic",
-        config,
-        data=DataSource.of(dataset, config.seed),
-        extra_configs={"plan": plan.to_dict(), "train": train_config},
-    )
+    card = candidate_card(trained, dataset, config, plan, train_config)
     path = _write(model, trained, dataset, card, run_dir / CANDIDATE_ARTIFACT, config.lzma)
     size = path.stat().st_size
     record = _record(job, size)
@@ -174,6 +168,23 @@ def run_candidate(job: CandidateJob) -> dict[str, Any]:
     record["seconds"] = round(time.perf_counter() - started, 2)
     shutil.rmtree(run_dir / "train" / "checkpoints", ignore_errors=True)  # ~100 MB each
     return record
+
+
+def candidate_card(
+    trained: TrainedModel, dataset: SceneDataset, config: Any, plan: CompressionPlan, train: Any
+) -> dict[str, Any]:
+    """The card of a candidate's file: the input's, with this stage, its plan and fine-tune."""
+    return derive_card(
+        trained.card,
+        "baic",
+        config,
+        data=DataSource.of(dataset, config.seed),
+        extra_configs={"plan": plan.to_dict(), "train": train},
+        input=trained.input_spec.to_dict(),
+        image_size=list(dataset.image_size),
+        classes=list(dataset.classes),
+        num_classes=len(dataset.classes),
+    )
 
 
 def manifest_estimate(
@@ -190,10 +201,7 @@ def manifest_estimate(
 
     plan = CompressionPlan({name: LayerPlan(bits=8, channel_ratio=0.25) for name in layers})
     train_config = qat_train_config(trained.card, QATConfig(), trained.input_spec)
-    card = derive_card(
-        trained.card, "baic", config, data=DataSource.of(dataset, config.seed),
-        extra_configs={"plan": plan.to_dict(), "train": train_config},
-    )
+    card = candidate_card(trained, dataset, config, plan, train_config)
     return artifact_info(card, params=count_params(trained.model), macs=10**9)
 
 

@@ -1,0 +1,180 @@
+"""BAIC end to end on fixture data: the saved file never exceeds the budget, infeasible budgets
+fail at once, an interrupted search resumes, baselines and worker processes run."""
+
+import json
+
+import pytest
+
+from satcompress.artifact.format import load_artifact
+from satcompress.card import lineage_stages
+from satcompress.cli import main
+from satcompress.config import ConfigError
+from satcompress.pipeline import run
+from satcompress.search import baic as baic_module
+from satcompress.search import candidates as candidates_module
+from satcompress.search.allocate import InfeasibleBudgetError
+from satcompress.search.baic import baic
+from satcompress.search.budget import parse_budget
+from satcompress.search.config import BAICConfig
+from satcompress.train import TrainConfig
+
+FAST = {
+    "sensitivity_images": 16,
+    "candidates": 2,
+    "candidate_epochs": 1,
+    "candidate_batches": 2,
+    "final_epochs": 1,
+    "bits": (8, 4, 2),
+    "channel_ratios": (0.5,),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(eurosat_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("baic-cnn") / "t"
+    config = TrainConfig(
+        model="test_cnn", dataset="eurosat", data_dir=str(eurosat_root), epochs=1,
+        batch_size=16, lr=0.05, ema_decay=None,
+    )  # fmt: skip
+    run(config, None, None, run_dir, latency=None)
+    return run_dir
+
+
+@pytest.mark.parametrize("budget", ["3x", "6x"])
+def test_saved_file_fits_the_budget_and_beats_nothing_silently(trained_cnn, tmp_path, budget):
+    result = baic(trained_cnn, None, BAICConfig(budget=budget, **FAST), tmp_path / "r",
+                  progress=False)  # fmt: skip
+    summary = result.details
+    limit = parse_budget(budget, reference_bytes=summary["measure"]["fp32_bytes"])
+    saved = tmp_path / "r" / "model.satc"
+    assert saved.stat().st_size == summary["bytes"] <= limit == summary["budget_bytes"]
+    assert result.record["size_bytes"] == saved.stat().st_size
+    # every candidate file on disk is within the budget, or marked and never saved
+    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    kinds = {r["kind"] for r in records}
+    assert {"baic", "uniform", "greedy", "final", "input"} <= kinds
+    for record in records:
+        if record["kind"] != "input" and record["bytes"]:
+            assert (record["bytes"] <= limit) == (record["status"] == "ok")
+    # the plan is real: the artifact holds low-bit weights, the card its lineage
+    artifact = load_artifact(saved)
+    assert min(artifact.manifest["stats"]["weight_bits"]) < 8
+    assert lineage_stages(result.card) == ["train", "baic"]
+    for name in ("manifest.json", "report.md", "pareto.png"):
+        assert (tmp_path / "r" / name).stat().st_size > 0
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["bytes"] == saved.stat().st_size and manifest["plan"]["layers"]
+    assert manifest["split_fingerprint"] and manifest["environment"]
+
+
+def test_file_over_the_predicted_size_is_never_saved(trained_cnn, tmp_path, monkeypatch):
+    # make the predictor optimistic by 10%: the first files come out over the budget
+    real = baic_module.exact_bytes
+    monkeypatch.setattr(baic_module, "exact_bytes", lambda p, plan: int(real(p, plan) * 0.9))
+    config = BAICConfig(budget="5x", baselines=(), **{**FAST, "candidates": 1})
+    result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    assert any(r["status"] == "over-budget" for r in records)  # the retry was forced
+    assert (tmp_path / "r" / "model.satc").stat().st_size <= result.details["budget_bytes"]
+
+
+def test_infeasible_budget_fails_at_once_with_the_smallest_size(trained_cnn, tmp_path):
+    with pytest.raises(InfeasibleBudgetError, match="smallest file") as err:
+        baic(trained_cnn, None, BAICConfig(budget="1kB", **FAST), tmp_path / "r", progress=False)
+    assert err.value.min_bytes > 1000
+    assert not (tmp_path / "r" / "candidates.jsonl").exists()  # nothing was fine-tuned
+
+
+def test_interrupted_search_resumes_from_the_last_finished_candidate(
+    trained_cnn, tmp_path, monkeypatch
+):
+    real, calls = candidates_module.run_candidate, []
+
+    def interrupted(job):
+        calls.append(job.id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(candidates_module, "run_candidate", interrupted)
+    config = BAICConfig(budget="4x", **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        baic(trained_cnn, None, config, tmp_path / "r", progress=False)
+    first = calls[0]
+    calls.clear()
+    result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
+    assert first not in calls  # reused from candidates.jsonl, not fine-tuned again
+    assert (tmp_path / "r" / "model.satc").stat().st_size <= result.details["budget_bytes"]
+    with pytest.raises(ConfigError, match="other settings"):
+        baic(trained_cnn, None, BAICConfig(budget="3x", **FAST), tmp_path / "r", progress=False)
+
+
+def test_uniform_baseline_is_one_bit_width_everywhere(trained_cnn, tmp_path):
+    config = BAICConfig(budget="4x", baselines=("uniform",), **{**FAST, "candidates": 1})
+    result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    uniform = next(r for r in records if r["kind"] == "uniform")
+    bits = {entry.get("bits") for entry in uniform["plan"]["layers"].values()}
+    ratios = {entry.get("channel_ratio", 0.0) for entry in uniform["plan"]["layers"].values()}
+    assert len(bits) == 1 and len(ratios - {0.0}) <= 1
+    assert uniform["bytes"] <= result.details["budget_bytes"]
+
+
+def test_worker_processes_run_candidates(trained_cnn, tmp_path):
+    config = BAICConfig(budget="4x", workers=2, **{**FAST, "candidates": 1})
+    result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    assert {r["id"] for r in records} >= {"baic-1", "uniform", "greedy"}
+    assert all(r["status"] == "ok" for r in records)
+    assert result.details["bytes"] <= result.details["budget_bytes"]
+
+
+@pytest.mark.slow
+def test_ray_executor_runs_candidates(trained_cnn, tmp_path):
+    pytest.importorskip("ray")
+    config = BAICConfig(budget="4x", executor="ray", workers=2, **{**FAST, "candidates": 1})
+    result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
+    assert result.details["bytes"] <= result.details["budget_bytes"]
+
+
+@pytest.mark.parametrize("model", ["test_mobilenet", "test_vit"])
+def test_other_families(eurosat_root, tmp_path, model):
+    config = TrainConfig(
+        model=model, dataset="eurosat", data_dir=str(eurosat_root), epochs=1, batch_size=16,
+        lr=0.01, ema_decay=None, **({"input_size": 32} if model == "test_vit" else {}),
+    )  # fmt: skip
+    run(config, None, None, tmp_path / "t", latency=None)
+    search = BAICConfig(budget="4x", baselines=(), **{**FAST, "candidates": 1})
+    result = baic(tmp_path / "t", None, search, tmp_path / "r", progress=False)
+    assert result.details["bytes"] <= result.details["budget_bytes"]
+
+
+def test_cli_baic(trained_cnn, tmp_path, capsys):
+    code = main([
+        "baic", "--checkpoint", str(trained_cnn), "--budget", "4x", "--run-dir",
+        str(tmp_path / "r"), "--quick", "--bits", "8,4,2", "--channel-ratios", "0.5",
+        "--candidate-batches", "2",
+    ])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "budget" in out and "model.satc" in out
+    assert main(["baic", "--checkpoint", str(trained_cnn), "--budget", "1kB", "--run-dir",
+                 str(tmp_path / "r2"), "--quick"]) == 2  # fmt: skip
+    assert "smallest file" in capsys.readouterr().err
+
+
+def test_adaptive_compression_pipeline_defaults():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "adaptive_compression_pipeline.py"
+    spec = importlib.util.spec_from_file_location("acp", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.arguments(["--quick"])
+    assert args[:2] == ["baic", "--quick"]
+    pairs = dict(zip(args[2::2], args[3::2], strict=False))
+    assert pairs["--budget"] == "1MB" and pairs["--dataset"] == "eurosat"
+    assert pairs["--run-dir"] == "saved_models/resnet18_eurosat_baic_1MB"
+    own = module.arguments(["--checkpoint", "runs/mine", "--budget", "500kB"])
+    assert "--dataset" not in own and own[own.index("--run-dir") + 1].endswith("_500kB")
