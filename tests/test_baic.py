@@ -149,7 +149,7 @@ def test_other_families(eurosat_root, tmp_path, model):
         lr=0.01, ema_decay=None, **({"input_size": 32} if model == "test_vit" else {}),
     )  # fmt: skip
     run(config, None, None, tmp_path / "t", latency=None)
-    search = BAICConfig(budget="4x", baselines=(), **{**FAST, "candidates": 1})
+    search = BAICConfig(budget="2.5x", baselines=(), **{**FAST, "candidates": 1})
     result = baic(tmp_path / "t", None, search, tmp_path / "r", progress=False)
     assert result.details["bytes"] <= result.details["budget_bytes"]
 

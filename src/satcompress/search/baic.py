@@ -573,6 +573,11 @@ def _final(search: _Search) -> dict[str, Any]:
             f"{sorted({r['status'] for r in search.done.values()})})"
         )
     started = time.perf_counter()
+    if config.final_epochs == 0 and not _over_latency(search, best):
+        search.say(f"step 4/4 final: {best['id']} as it is (final_epochs=0), test split")
+        record = search.done.get("final") or _scored_on_test(search, best)
+        search.seconds["final"] = round(time.perf_counter() - started, 2)
+        return record
     search.say(
         f"step 4/4 final: {best['id']} fine-tuned {config.final_epochs} epoch(s), test split"
     )
@@ -608,6 +613,27 @@ def _final(search: _Search) -> dict[str, Any]:
         problem = search.measured.problems["loss_increase"]
         planned = search.fit(_solver(VARIANTS[0]), problem, _tightened(search), "exact, tightened")
     raise BAICError(f"no final file within {format_bytes(search.budget)} after {RETRIES} tries")
+
+
+def _scored_on_test(search: _Search, best: dict[str, Any]) -> dict[str, Any]:
+    """The best candidate's own file as the final one: its test accuracy and latency."""
+    from satcompress.evaluate.artifact import evaluate_artifact
+    from satcompress.search.candidates import LATENCY
+
+    measured = evaluate_artifact(
+        best["artifact"], search.dataset, split="test", latency=LATENCY, progress=False
+    )
+    record = {
+        **best,
+        "id": "final",
+        "kind": "final",
+        "split": "test",
+        "epochs": 0,
+        "accuracy": float(measured["accuracy"]),
+        "latency_ms": float(measured["latency_ms"]["bs1"]),
+    }
+    search.record(record)
+    return record
 
 
 def _over_latency(search: _Search, record: dict[str, Any]) -> bool:
