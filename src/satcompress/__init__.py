@@ -42,6 +42,8 @@ __all__ = [
             "prune": "pipeline",
             "quantize": "pipeline",
             "run": "pipeline",
+            "BAICConfig": "search",
+            "baic": "search",
             "SceneDataModule": "data",
             "load_dataset": "data",
             "LatencyConfig": "evaluate",

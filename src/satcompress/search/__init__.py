@@ -9,6 +9,12 @@ exact bits and pruning-ratio allocator and its baselines
 
     budget = parse_budget("1MB")
     allocation = solve(problem, budget)  # least predicted accuracy cost within 1 MB
+
+The search itself (:func:`~satcompress.search.baic.baic`, :class:`BAICConfig`) measures the
+model (:mod:`~satcompress.search.measure`), fine-tunes candidates
+(:mod:`~satcompress.search.candidates`) and writes the run's files::
+
+    result = baic("runs/r18", None, BAICConfig(budget="1MB"), "runs/r18-1MB")
 """
 
 from satcompress.utils.lazy import lazy_package
@@ -33,6 +39,10 @@ __all__ = lazy_package(
         "solve": "allocate",
         "uniform": "allocate",
         "uniform_candidates": "allocate",
+        "BAICConfig": "config",
+        "quick_config": "config",
+        "BAICError": "baic",
+        "baic": "baic",
         "pareto_axes": "report",
         "pareto_figure": "report",
         "report_markdown": "report",
