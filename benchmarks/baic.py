@@ -30,9 +30,9 @@ from typing import Any
 from satcompress.experiments import RecordList, benchmark_parser, load_eurosat, report_only
 from satcompress.pipeline import load
 from satcompress.pipeline import train as train_stage
-from satcompress.search.baic import baic
 from satcompress.search.budget import format_bytes, parse_budget
 from satcompress.search.config import BAICConfig
+from satcompress.search.loop import baic
 from satcompress.train import TrainConfig
 
 SHARED_RESNET18 = Path("../shared/models/resnet18_eurosat64.safetensors")

@@ -10,12 +10,12 @@ from satcompress.card import lineage_stages
 from satcompress.cli import main
 from satcompress.config import ConfigError
 from satcompress.pipeline import run
-from satcompress.search import baic as baic_module
 from satcompress.search import candidates as candidates_module
+from satcompress.search import loop as baic_module
 from satcompress.search.allocate import InfeasibleBudgetError
-from satcompress.search.baic import baic
 from satcompress.search.budget import parse_budget
 from satcompress.search.config import BAICConfig
+from satcompress.search.loop import baic
 from satcompress.train import TrainConfig
 
 FAST = {

@@ -94,8 +94,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def cmd_baic(args: argparse.Namespace) -> int:
     """Run the search and print its summary."""
-    from satcompress.search.baic import baic
     from satcompress.search.budget import format_bytes
+    from satcompress.search.loop import baic
 
     result = baic(
         args.checkpoint,

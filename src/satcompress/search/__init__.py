@@ -10,7 +10,7 @@ exact bits and pruning-ratio allocator and its baselines
     budget = parse_budget("1MB")
     allocation = solve(problem, budget)  # least predicted accuracy cost within 1 MB
 
-The search itself (:func:`~satcompress.search.baic.baic`, :class:`BAICConfig`) measures the
+The search itself (:func:`~satcompress.search.loop.baic`, :class:`BAICConfig`) measures the
 model (:mod:`~satcompress.search.measure`), fine-tunes candidates
 (:mod:`~satcompress.search.candidates`) and writes the run's files::
 
@@ -41,8 +41,8 @@ __all__ = lazy_package(
         "uniform_candidates": "allocate",
         "BAICConfig": "config",
         "quick_config": "config",
-        "BAICError": "baic",
-        "baic": "baic",
+        "BAICError": "loop",
+        "baic": "loop",
         "pareto_axes": "report",
         "pareto_figure": "report",
         "report_markdown": "report",

@@ -238,11 +238,21 @@ class _Search:
         )
 
     def run(self, jobs: list[CandidateJob]) -> list[dict[str, Any]]:
-        """Run the jobs not already finished (resume); every record, old and new."""
-        todo = [job for job in jobs if not self._finished(job)]
+        """Run the jobs not already finished (resume); every record, old and new.
+
+        A job whose plan and fine-tune equal another's (a baseline allocating what the exact
+        solver did) reuses that record instead of training the same model twice.
+        """
+        todo, twins = [], []
         for job in jobs:
-            if job not in todo:
+            if self._finished(job):
                 self.say(f"candidate {job.id}: done in an earlier run, reused")
+            elif self._twin(job) is not None:
+                self._reuse(job)
+            elif any(_same_work(job, other) for other in todo):
+                twins.append(job)
+            else:
+                todo.append(job)
         if todo:
             run_candidates(
                 todo,
@@ -251,11 +261,39 @@ class _Search:
                 executor=self.config.executor,
                 ray_address=self.config.ray_address,
             )
+        for job in twins:
+            if self._twin(job) is not None:
+                self._reuse(job)
+            else:
+                run_candidates([job], self.record)
         return [self.done[job.id] for job in jobs if job.id in self.done]
+
+    def _twin(self, job: CandidateJob) -> dict[str, Any] | None:
+        """A finished record of the same plan, fine-tune and split."""
+        for record in self.done.values():
+            if record["status"] == "ok" and _same_work(job, record):
+                return record
+        return None
+
+    def _reuse(self, job: CandidateJob) -> None:
+        twin = self._twin(job)
+        assert twin is not None
+        self.say(f"candidate {job.id}: same plan and fine-tune as {twin['id']}, reused")
+        self.record(
+            {**twin, "id": job.id, "kind": job.kind, "label": job.label, "reused_from": twin["id"]}
+        )
 
     def _finished(self, job: CandidateJob) -> bool:
         old = self.done.get(job.id)
         return old is not None and old.get("plan") == job.plan and old["status"] != "failed"
+
+
+def _same_work(job: CandidateJob, other: CandidateJob | dict[str, Any]) -> bool:
+    """Whether two candidates train and score the same model (same plan, fine-tune, split)."""
+    fields = ("plan", "epochs", "batches", "split")
+    if isinstance(other, dict):
+        return all(getattr(job, f) == other.get(f) for f in fields)
+    return all(getattr(job, f) == getattr(other, f) for f in fields)
 
 
 def baic(
@@ -511,7 +549,7 @@ def _iterate(search: _Search) -> None:
     config = search.config
     tried = {json.dumps(r.get("plan"), sort_keys=True) for r in search.done.values()}
     pending, variant = list(VARIANTS[1:]), VARIANTS[0]
-    best_before, retries, k = None, 0, 2
+    best_before, retries, k, ran_since = None, 0, 2, False
     while True:
         last = search.done.get(f"baic-{k - 1}")
         if last is not None and last["status"] == "over-budget":
@@ -524,10 +562,10 @@ def _iterate(search: _Search) -> None:
             ok = sum(1 for r in search.done.values() if r["kind"] == "baic" and r["status"] == "ok")
             if ok >= config.candidates or not pending:
                 break
-            if best_before is not None and best is best_before:
+            if ran_since and best is best_before:
                 search.say(f"candidate baic-{k - 1} did not improve on {best['id']}: stop")
                 break
-            best_before, variant = best, pending.pop(0)
+            best_before, variant, ran_since = best, pending.pop(0), False
         if search.out_of_time():
             search.say("time limit reached: no further candidates")
             break
@@ -554,7 +592,7 @@ def _iterate(search: _Search) -> None:
             batches=config.candidate_batches,
         )
         search.run([job])
-        k += 1
+        k, ran_since = k + 1, True
 
 
 def _tightened(search: _Search) -> int:
