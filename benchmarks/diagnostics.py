@@ -73,7 +73,7 @@ import torch
 
 import satcompress as sc
 from satcompress.compress.quantize import QATConfig, calibrate, prepare_qat
-from satcompress.compress.quantize.qat import _calibration_batches, load_qat_model
+from satcompress.compress.quantize.qat import calibration_batches, load_qat_model
 from satcompress.evaluate.artifact import pytorch_accuracy
 from satcompress.evaluate.profile import cpu_description
 from satcompress.experiments import benchmark_parser, load_eurosat
@@ -168,7 +168,7 @@ def qat_start(run: Path, dataset) -> dict:
         torch.manual_seed(0)
         config = QATConfig(bits=8, quant_after_activation=after)
         model, _ = prepare_qat(loaded.model, config, torch.zeros(2, 3, 64, 64))
-        calibrate(model, _calibration_batches(dataset, loaded.input_spec, 256))
+        calibrate(model, calibration_batches(dataset, loaded.input_spec, 256))
         out[key] = split_accuracy(model, loaded.input_spec, dataset, "test")
     return out
 
@@ -316,7 +316,7 @@ def ort_quantizer_files(checkpoint: Path, dataset, folder: Path) -> list[tuple[P
 
     from satcompress.compress.quantize import PTQConfig, calibration_images, quantize_onnx
     from satcompress.compress.quantize.ptq import ImageReader
-    from satcompress.runtime.onnx import export_onnx
+    from satcompress.models.deployable import export_onnx
 
     trained = sc.load_trained(checkpoint)
     fp32 = export_onnx(trained.model, trained.input_spec, dataset.image_size, folder / "fp32.onnx")
@@ -504,8 +504,8 @@ def untrained_graphs(models: list[str], folder: Path, size: int = 64) -> list[Pa
     calibration uses random images.
     """
     from satcompress.compress.quantize import PTQConfig, quantize_onnx
+    from satcompress.models.deployable import export_onnx
     from satcompress.preprocess import InputSpec
-    from satcompress.runtime.onnx import export_onnx
 
     paths = []
     images = np.random.default_rng(0).integers(0, 256, (64, 3, size, size), np.uint8)

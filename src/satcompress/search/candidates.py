@@ -34,7 +34,6 @@ from satcompress.data import SceneDataset
 from satcompress.evaluate.artifact import evaluate_artifact
 from satcompress.evaluate.profile import LatencyConfig
 from satcompress.models.stats import count_macs, count_params
-from satcompress.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -247,17 +246,6 @@ def _context(job: CandidateJob) -> tuple[TrainedModel, SceneDataset, Any]:
     return _CONTEXT[job.source]
 
 
-def calibration_batches(
-    dataset: SceneDataset, spec: Any, count: int = 64, batch_size: int = 32
-) -> list[torch.Tensor]:
-    """Preprocessed training images that calibrate the activation quantizers."""
-    from satcompress.compress.quantize.ptq import calibration_images
-
-    images = torch.from_numpy(calibration_images(dataset, count))
-    preprocess = Preprocess(spec)
-    return [preprocess(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-
-
 def _fine_tuned(
     job: CandidateJob,
     config: Any,
@@ -271,7 +259,7 @@ def _fine_tuned(
 
     from satcompress.compress.distill.loss import DistillationLoss
     from satcompress.compress.quantize.config import QATConfig
-    from satcompress.compress.quantize.qat import qat_train_config
+    from satcompress.compress.quantize.qat import calibration_batches, qat_train_config
     from satcompress.train import train
 
     spec = trained.input_spec
@@ -280,7 +268,7 @@ def _fine_tuned(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model = apply_plan(
-            trained.model, plan, torch.zeros(2, 3, *size), calibration_batches(dataset, spec)
+            trained.model, plan, torch.zeros(2, 3, *size), calibration_batches(dataset, spec, 64)
         )
     model.requires_grad_(True)  # the input model may be frozen (it can be its own teacher)
     overrides: dict[str, Any] = {"limit_batches": job.batches, "seed": config.seed}

@@ -601,7 +601,7 @@ def qat(
     L.seed_everything(train_config.seed, workers=True, verbose=False)
     size = spec.size or dataset.image_size
     model, layer_bits = prepare_qat(trained.model, config, torch.zeros(2, 3, *size))
-    calibrate(model, _calibration_batches(dataset, spec, config.calibration_images))
+    calibrate(model, calibration_batches(dataset, spec, config.calibration_images))
     _save_settings(run_dir, config, trained, dataset, layer_bits)
     model.train()  # Lightning keeps each module's mode: a loaded model starts in eval mode
     initial = copy.deepcopy(model.state_dict())
@@ -643,9 +643,10 @@ def check_classes(trained: TrainedModel, dataset: SceneDataset) -> None:
     check_card_classes(trained.card, dataset.classes, trained.weights_path)
 
 
-def _calibration_batches(
+def calibration_batches(
     dataset: SceneDataset, spec: InputSpec, count: int, batch_size: int = 64
 ) -> list[torch.Tensor]:
+    """``count`` preprocessed training images, in batches, for the activation quantizers."""
     from satcompress.compress.quantize.ptq import calibration_images
 
     images = torch.from_numpy(calibration_images(dataset, count))
