@@ -60,10 +60,10 @@ from satcompress.experiments import (
     report_only,
     retime,
 )
+from satcompress.models.deployable import export_onnx
 from satcompress.pipeline import quantize
 from satcompress.pipeline.quantize import export_qat
 from satcompress.report import format_table
-from satcompress.runtime.onnx import export_onnx
 
 BITS = {"resnet18": [8, 4, 3, 2, 1], "mobilenet_v2": [8, 4, 2]}
 

@@ -25,8 +25,9 @@ from satcompress.artifact.format import (
 )
 from satcompress.compress.quantize import QATConfig, calibrate, export_qat_onnx, prepare_qat
 from satcompress.models import create_model
+from satcompress.models.deployable import export_onnx
 from satcompress.preprocess import InputSpec, Preprocess
-from satcompress.runtime.onnx import export_onnx, make_session, run_session
+from satcompress.runtime.onnx import make_session, run_session
 
 SPEC = InputSpec(mean=(0.4, 0.5, 0.3), std=(0.2, 0.2, 0.25))
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from satcompress.artifact.pack import (
+from satcompress.runtime.pack import (
     Levels,
     UnsupportedBitsError,
     decode_ints,

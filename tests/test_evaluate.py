@@ -17,8 +17,9 @@ from satcompress.evaluate import (
     predict_onnx,
 )
 from satcompress.models import create_model
+from satcompress.models.deployable import export_onnx
 from satcompress.preprocess import InputSpec, Preprocess
-from satcompress.runtime.onnx import export_onnx, make_session, read_metadata, run_session
+from satcompress.runtime.onnx import make_session, read_metadata, run_session
 
 
 def test_metrics_match_hand_computation():

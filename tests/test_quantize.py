@@ -25,9 +25,10 @@ from satcompress.config import ConfigError
 from satcompress.data import load_dataset
 from satcompress.evaluate.artifact import pytorch_accuracy
 from satcompress.models import create_model
+from satcompress.models.deployable import export_onnx
 from satcompress.pipeline import quantize
 from satcompress.preprocess import InputSpec, Preprocess
-from satcompress.runtime.onnx import export_onnx, make_session, run_session
+from satcompress.runtime.onnx import make_session, run_session
 from satcompress.train import TrainConfig, train
 from satcompress.train.task import SupervisedLoss
 

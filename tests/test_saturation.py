@@ -6,9 +6,10 @@ from onnx import TensorProto, helper, numpy_helper
 from satcompress.compress.quantize import PTQConfig, quantize_onnx
 from satcompress.evaluate.profile import LatencyConfig, measure_latency
 from satcompress.models import create_model
+from satcompress.models.deployable import export_onnx
 from satcompress.preprocess import InputSpec
 from satcompress.runtime import saturation
-from satcompress.runtime.onnx import export_onnx, make_session
+from satcompress.runtime.onnx import make_session
 from satcompress.runtime.saturation import (
     int8_saturates_here,
     make_saturation_safe,

@@ -23,7 +23,7 @@ tensors + LZMA'd graph skeleton + SHA-256 (32)``.
   points) gets the plan's shape: output channels kept by its group
   (:func:`~satcompress.compress.plan.kept_channels`: Torch-Pruning's rounding), inputs by its
   producer's group.
-* A weight's stored bytes: ``min(dense, sparse)`` as :func:`satcompress.artifact.pack.encode_ints`
+* A weight's stored bytes: ``min(dense, sparse)`` as :func:`satcompress.runtime.pack.encode_ints`
   /``encode_raw`` choose, with ``dense = ceil(count * bits / 8)`` and ``sparse = ceil(count /
   8) + ceil(nnz * w / 8)`` (``w`` = bits per nonzero code: ``bits`` or 1 for narrow 2-bit/1-bit;
   32 for floats). ``nnz`` counts the zeros the plan's magnitude pruning makes *and* the
@@ -60,7 +60,6 @@ from satcompress.artifact.format import (
     encode_artifact,
     file_size,
 )
-from satcompress.artifact.pack import Levels, packed_size
 from satcompress.compress.plan import (
     CompressionPlan,
     LayerPlan,
@@ -69,8 +68,9 @@ from satcompress.compress.plan import (
     apply_plan,
     plan_units,
 )
+from satcompress.models.deployable import export_onnx
 from satcompress.preprocess import InputSpec
-from satcompress.runtime.onnx import export_onnx
+from satcompress.runtime.pack import Levels, packed_size
 
 __all__ = [
     "BytePredictor",
@@ -386,7 +386,7 @@ def _int_stats(values: np.ndarray, bits: int) -> tuple[int, int, Levels]:
 
 
 def _int_size(count: int, nnz: int, levels: Levels) -> tuple[str, int]:
-    """What :func:`satcompress.artifact.pack.encode_ints` stores without LZMA."""
+    """What :func:`satcompress.runtime.pack.encode_ints` stores without LZMA."""
     options = []
     if levels.has_zero or nnz == count:
         options.append(("dense", packed_size(count, levels.bits)))
@@ -395,7 +395,7 @@ def _int_size(count: int, nnz: int, levels: Levels) -> tuple[str, int]:
 
 
 def _raw_size(count: int, nnz: int, itemsize: int) -> tuple[str, int]:
-    """What :func:`satcompress.artifact.pack.encode_raw` stores without LZMA."""
+    """What :func:`satcompress.runtime.pack.encode_raw` stores without LZMA."""
     options = [("dense", count * itemsize)]
     if count and nnz < count:
         options.append(("sparse", packed_size(count, 1) + nnz * itemsize))

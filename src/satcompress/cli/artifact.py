@@ -5,6 +5,8 @@ Usage::
     satcompress export --checkpoint runs/r18_w2         # any stage's run -> <run>/model.satc
     satcompress export --checkpoint runs/r18 --output r18.satc  # fp32, pruned zeros cheap
     satcompress export --onnx model_int8.onnx --output m.satc   # any ONNX file
+    satcompress export --artifact m.satc --onnx-out m.onnx [--saturation-safe]
+        # its rebuilt ONNX graph (int8 QDQ), for OpenVINO, TensorRT or a converter
     satcompress inspect runs/r18_w2/model.satc [--all] [--json]
     satcompress eval --artifact runs/r18_w2/model.satc [--dataset ... --data-dir ...]
 """
@@ -34,8 +36,22 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint", type=Path, help="QAT or PTQ run dir, or an fp32 run dir / weights file"
     )
     source.add_argument("--onnx", type=Path, help="any ONNX file (e.g. an int8 QDQ model)")
+    source.add_argument(
+        "--artifact", type=Path,
+        help=f"a {ARTIFACT_SUFFIX} file: with --onnx-out, write its rebuilt ONNX graph",
+    )  # fmt: skip
     default = f"<run>/model{ARTIFACT_SUFFIX}"
     export.add_argument("--output", type=Path, help=f"artifact file (default: {default})")
+    export.add_argument(
+        "--onnx-out", type=Path,
+        help="also write the plain ONNX graph (int8 QDQ, uint8 image input) for OpenVINO, "
+        "TensorRT or a converter; with --artifact, only that",
+    )  # fmt: skip
+    export.add_argument(
+        "--saturation-safe", action="store_true",
+        help="with --onnx-out: store 8-bit weights as uint8 where ONNX Runtime's int8 kernels "
+        "could saturate (x86 CPUs without VNNI; exact, slower there)",
+    )  # fmt: skip
     export.add_argument("--image-size", type=int, help="input image size, if the card lacks it")
     export.add_argument("--no-compress", action="store_true", help="no LZMA on the payload")
     export.set_defaults(handler=cmd_export)
@@ -51,6 +67,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``satcompress export``."""
+    if args.artifact is not None:
+        if args.onnx_out is None or args.output is not None:
+            raise ValueError("--artifact takes --onnx-out (and no --output): it is already one")
+        path = export_plain_onnx(args.artifact, args.onnx_out, args.saturation_safe)
+        print(f"{path}: {path.stat().st_size:,} bytes, ONNX graph of {args.artifact}")
+        return 0
+    if args.saturation_safe and args.onnx_out is None:
+        raise ValueError("--saturation-safe applies to --onnx-out")
     manifest = export_artifact(
         args.checkpoint or args.onnx,
         args.output,
@@ -59,7 +83,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         compress=not args.no_compress,
     )
     _print_summary(manifest["path"], manifest)
+    if args.onnx_out is not None:
+        path = export_plain_onnx(manifest["path"], args.onnx_out, args.saturation_safe)
+        print(f"{path}: {path.stat().st_size:,} bytes, its ONNX graph")
     return 0
+
+
+def export_plain_onnx(
+    artifact: str | Path, output: str | Path, saturation_safe: bool = False
+) -> Path:
+    """Write an artifact's rebuilt ONNX graph: what its ``.satc`` session runs.
+
+    The graph takes uint8 ``(B, 3, H, W)`` images named ``image`` and returns ``logits``; a
+    quantized artifact gives an int8 QDQ graph other runtimes (OpenVINO, TensorRT, converters)
+    read. ``saturation_safe`` stores 8-bit weights that ONNX Runtime's uint8 x int8 kernels
+    could saturate as uint8 (see :mod:`satcompress.runtime.saturation`).
+    """
+    from satcompress.artifact.format import load_artifact
+
+    return load_artifact(artifact).save_onnx(output, saturation_safe=saturation_safe)
 
 
 def export_artifact(

@@ -9,21 +9,21 @@ left out) plus ``<key>.json`` (the files, the bad ones with their errors, the si
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 from tqdm.auto import tqdm
 
+from satcompress.runtime.images import fit_image, strict_decoding
 from satcompress.utils.cache import cache_root
 from satcompress.utils.io import atomic_write_json, read_json
 
@@ -111,7 +111,7 @@ def _decode_all(
     ok = np.zeros(len(files), dtype=bool)
     skipped: dict[str, str] = {}
     sizes: Counter[str] = Counter()
-    with _strict_decoding():
+    with strict_decoding():
         for i, rel in enumerate(tqdm(files, desc=desc, unit="img", disable=not progress)):
             try:
                 pixels, (w, h) = _decode_one(root / rel, size)
@@ -127,28 +127,14 @@ def _decode_all(
     return _Decoded(out, kept, skipped, dict(sizes))
 
 
-@contextlib.contextmanager
-def _strict_decoding() -> Iterator[None]:
-    """Make truncated images fail, whatever another library set globally; restore after."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
 def _decode_one(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode one image to ``(H, W, 3)`` uint8 RGB at ``size``; also return its own (w, h)."""
+    """Decode one image to ``(H, W, 3)`` uint8 RGB at ``size``; also return its own (w, h).
+
+    The rule (RGB, one bilinear Pillow resize) is :func:`satcompress.runtime.images.fit_image`,
+    shared with the device runtime so that both prepare pixels identically.
+    """
     with Image.open(path) as img:
-        native = img.size
-        rgb = img if img.mode == "RGB" else img.convert("RGB")
-        if rgb.size != (size[1], size[0]):
-            rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        pixels = np.asarray(rgb)
-    if pixels.shape != (*size, 3):
-        raise ValueError(f"decoded to shape {pixels.shape}, expected {(*size, 3)}")
-    return pixels, native
+        return fit_image(img, size), img.size
 
 
 def _probe_sizes(root: Path, files: Sequence[str]) -> Counter[tuple[int, int]]:

@@ -14,8 +14,9 @@ from satcompress.data import SceneDataset
 from satcompress.evaluate.metrics import classification_metrics
 from satcompress.evaluate.profile import LatencyConfig, count_macs, count_params, measure_latency
 from satcompress.evaluate.record import RECORD_SCHEMA, environment, timestamp, validate_record
+from satcompress.models.deployable import export_onnx
 from satcompress.preprocess import InputSpec
-from satcompress.runtime.onnx import export_onnx, make_session, read_metadata, run_session
+from satcompress.runtime.onnx import make_session, read_metadata, run_session
 from satcompress.utils.io import atomic_write_json
 
 DEFAULT_LATENCY = LatencyConfig()

@@ -26,12 +26,12 @@ from satcompress.data import SceneDataset
 from satcompress.evaluate import LatencyConfig
 from satcompress.evaluate.artifact import evaluate_artifact, pytorch_accuracy
 from satcompress.evaluate.evaluate import DEFAULT_LATENCY
+from satcompress.models.deployable import export_onnx
 from satcompress.models.stats import count_macs, count_params
 from satcompress.pipeline.data import dataset_for
 from satcompress.pipeline.load import ARTIFACT_NAME, QAT_SETTINGS
 from satcompress.pipeline.result import StageResult
 from satcompress.pipeline.stages import Source, _files, _torch_source, build_artifact, finish_card
-from satcompress.runtime.onnx import export_onnx
 from satcompress.train import TrainConfig
 from satcompress.utils.io import atomic_write_bytes
 

@@ -521,7 +521,7 @@ def _export_fp32(
 ) -> dict[str, Any]:
     import tempfile
 
-    from satcompress.runtime.onnx import export_onnx
+    from satcompress.models.deployable import export_onnx
 
     size = card.get("image_size")
     if size is None:

@@ -37,8 +37,8 @@ from satcompress.compress.quantize.qat import (
     quant_layers,
     run_with_hooks,
 )
+from satcompress.models.deployable import export_onnx
 from satcompress.preprocess import InputSpec
-from satcompress.runtime.onnx import export_onnx
 from satcompress.utils.io import atomic_write_bytes
 
 _WEIGHT_PREFIX = "model."
