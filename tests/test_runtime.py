@@ -378,3 +378,44 @@ def test_write_tiles_rejects_other_suffixes(tmp_path):
     with pytest.raises(ValueError, match=r"\.csv or \.geojson"):
         write_tiles(tmp_path / "x.txt", iter([]))
     assert not list(tmp_path.iterdir()), "no temporary file left behind"
+
+
+# ---------------------------------------------------------------------------- distribution
+
+
+def test_the_runtime_wheel_alone_predicts(int8, eurosat_root, tmp_path):
+    """``runtime/`` builds a wheel of the torch-free modules only, and they suffice."""
+    import sysconfig
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT / "runtime"), "--no-deps",
+         "--no-build-isolation", "-q", "-w", str(tmp_path / "wheel")],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "wheel").glob("satcompress_runtime-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        archive.extractall(tmp_path / "site")
+    modules = {n for n in names if n.endswith(".py")}
+    assert "satcompress/runtime/predict.py" in modules and "satcompress/card.py" in modules
+    assert not any(n.startswith(("satcompress/models", "satcompress/data")) for n in modules)
+    assert "satcompress/checkpoint.py" not in modules and "satcompress/__main__.py" not in modules
+    metadata = next(n for n in names if n.endswith("METADATA"))
+    requires = [line for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+                if line.startswith("Requires-Dist")]  # fmt: skip
+    assert sorted(r.split()[1].split(">")[0] for r in requires) == [
+        "numpy", "onnx", "onnxruntime", "pillow"
+    ]  # fmt: skip
+
+    # only the wheel's files and the third-party packages: no site hooks, no editable src/
+    env = {"PYTHONPATH": f"{tmp_path / 'site'}:{sysconfig.get_paths()['purelib']}"}
+    image = next((eurosat_root / "EuroSAT" / "2750").rglob("*.jpg"))
+    check = f"import satcompress\nassert satcompress.__file__.startswith({str(tmp_path)!r})\n"
+    code = NO_TORCH.replace("import runpy, sys\n", "import runpy, sys\n" + check)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code, "predict", str(int8), str(image)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith(f"{image}\t")
