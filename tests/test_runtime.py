@@ -158,6 +158,34 @@ def test_images_of_another_size_are_resized_as_training_decodes_them(model, tmp_
     assert model.predict([grey])[0].label in model.classes
 
 
+def test_the_device_path_serialises_the_graph_without_onnx(int8, model, eurosat_root):
+    import onnx
+
+    from satcompress.runtime.satc import load_artifact
+
+    artifact = load_artifact(int8)
+    fast = onnx.load_from_string(artifact.onnx_bytes())
+    assert fast.SerializeToString() == artifact.onnx_model().SerializeToString()
+    # the rewrite for CPUs without VNNI goes through onnx: the same predictions
+    exact = Runtime(int8, threads=1, int8_kernels="exact")
+    assert exact.session.satcompress_uint8_weights > 0
+    images = np.stack(
+        [np.asarray(Image.open(f)) for f in sorted((eurosat_root / "EuroSAT").rglob("*.jpg"))]
+    )
+    np.testing.assert_allclose(exact.logits(images), model.logits(images), atol=1e-5, rtol=1e-5)
+    # and a device whose CPU needs no rewrite never imports onnx (a second, at a cold start)
+    code = (
+        "import sys, numpy\nfrom satcompress.runtime import Runtime\n"
+        "from satcompress.runtime.saturation import resolve_policy\n"
+        f"Runtime({str(int8)!r}).predict([numpy.zeros((64, 64, 3), 'uint8')])\n"
+        "print('onnx' in sys.modules, resolve_policy('auto'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported, rewrites = done.stdout.split()
+    assert imported == rewrites
+
+
 def test_a_corrupt_image_is_named(model, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg at all")

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from satcompress.runtime.saturation import make_saturation_safe, resolve_policy
+
+if TYPE_CHECKING:  # imported where needed: a device session does not need it
+    import onnx
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -26,6 +28,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     Other tools add plain-text entries of their own (ONNX Runtime's quantizer, for one):
     those are kept as strings.
     """
+    import onnx
+
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: _json_or_text(p.value) for p in proto.metadata_props}
 
@@ -58,17 +62,20 @@ def make_session(
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    model = source if isinstance(source, onnx.ModelProto) else None
+    given = not isinstance(source, (str, os.PathLike, bytes))  # a ModelProto
+    model = source if given else None
     rewritten = 0
     if resolve_policy(int8_kernels):
         if model is None:
+            import onnx
+
             model = (
                 onnx.load_from_string(source)
                 if isinstance(source, bytes)
                 else onnx.load(str(source))
             )
         rewritten = make_saturation_safe(model)
-    if model is not None and (rewritten or isinstance(source, onnx.ModelProto)):
+    if model is not None and (rewritten or given):
         data: str | bytes = model.SerializeToString()
     else:
         data = source if isinstance(source, bytes) else str(source)

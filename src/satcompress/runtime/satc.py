@@ -41,18 +41,20 @@ import hashlib
 import json
 import lzma
 import struct
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from satcompress.card import CARD_FORMAT
 from satcompress.runtime.pack import Levels, UnsupportedBitsError, decode_ints, decode_raw
 from satcompress.runtime.saturation import make_saturation_safe
 from satcompress.utils.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import onnx
 
 MAGIC = b"SATCART\x00"
 FORMAT_VERSION = 1
@@ -121,12 +123,48 @@ class Artifact:
         Raises:
             ArtifactError: If a stored tensor does not decode to its declared shape.
         """
-        graph = self.manifest["graph"]
-        skeleton = _slice(self._payload, graph["offset"], graph["length"])
-        proto = onnx.load_from_string(lzma.decompress(skeleton))
+        import onnx
+        from onnx import numpy_helper
+
+        proto = onnx.load_from_string(self._skeleton())
         for entry in self.manifest["tensors"]:
-            proto.graph.initializer.append(_decode_tensor(entry, self._payload))
+            array = _decode_array(entry, self._payload)
+            proto.graph.initializer.append(numpy_helper.from_array(array, entry["name"]))
         return proto
+
+    def onnx_bytes(self) -> bytes:
+        """The rebuilt ONNX model serialised, as ONNX Runtime loads it, without ``onnx``.
+
+        The same model as :meth:`onnx_model` (``onnx.load_from_string`` of these bytes equals
+        it), written straight in protobuf's wire format: the graph skeleton, then a second
+        ``graph`` field holding only the initializers, which protobuf merges into the first
+        (repeated fields concatenate). Importing ``onnx`` takes about a second on a small
+        CPU (most of it in its ``ml_dtypes`` dependency), more than everything else a cold
+        start does, hence this path for the device (:class:`satcompress.runtime.Runtime`).
+        Tensors of a type this writer does not know (none that satcompress writes) or a
+        big-endian machine fall back to :meth:`onnx_model`.
+
+        Raises:
+            ArtifactError: If a stored tensor does not decode to its declared shape.
+        """
+        entries = self.manifest["tensors"]
+        if sys.byteorder != "little" or any(e["dtype"] not in _ONNX_DTYPES for e in entries):
+            return self.onnx_model().SerializeToString()
+        heads = [_tensor_head(e) for e in entries]
+        messages = [len(h) + _raw_size(e) for h, e in zip(heads, entries, strict=True)]
+        graph_len = sum(len(_key(_INITIALIZER) + _varint(n)) + n for n in messages)
+        out = bytearray(self._skeleton())
+        out += _key(_GRAPH) + _varint(graph_len)
+        for entry, head, size in zip(entries, heads, messages, strict=True):
+            raw = _decode_array(entry, self._payload).tobytes()
+            if len(raw) != _raw_size(entry):
+                raise ArtifactError(f"tensor {entry['name']} decodes to {len(raw)} bytes")
+            out += _key(_INITIALIZER) + _varint(size) + head + raw
+        return bytes(out)
+
+    def _skeleton(self) -> bytes:
+        graph = self.manifest["graph"]
+        return lzma.decompress(_slice(self._payload, graph["offset"], graph["length"]))
 
     def save_onnx(self, path: str | Path, *, saturation_safe: bool = False) -> Path:
         """Write the rebuilt ONNX model (the int8 QDQ graph) to ``path`` (atomically).
@@ -280,7 +318,7 @@ def manifest_card(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return card
 
 
-def _decode_tensor(entry: Mapping[str, Any], payload: bytes) -> onnx.TensorProto:
+def _decode_array(entry: Mapping[str, Any], payload: bytes) -> np.ndarray:
     data = _slice(payload, entry["offset"], entry["length"])
     shape = tuple(int(d) for d in entry["shape"])
     try:
@@ -293,7 +331,53 @@ def _decode_tensor(entry: Mapping[str, Any], payload: bytes) -> onnx.TensorProto
         array = array.reshape(shape)
     except (ValueError, KeyError) as err:
         raise ArtifactError(f"tensor {entry.get('name')} cannot be decoded: {err}") from err
-    return numpy_helper.from_array(array, entry["name"])
+    return array
+
+
+# protobuf wire format of the ONNX messages onnx_bytes writes (onnx/onnx.proto field numbers)
+_GRAPH = 7  # ModelProto.graph
+_INITIALIZER = 5  # GraphProto.initializer
+_DIMS, _DATA_TYPE, _NAME, _RAW_DATA = 1, 2, 8, 9  # TensorProto
+#: the artifact's dtype names (lowercase ONNX names) -> (TensorProto.DataType, item bytes)
+_ONNX_DTYPES = {
+    "float": (1, 4), "uint8": (2, 1), "int8": (3, 1), "uint16": (4, 2), "int16": (5, 2),
+    "int32": (6, 4), "int64": (7, 8), "bool": (9, 1), "float16": (10, 2), "double": (11, 8),
+    "uint32": (12, 4), "uint64": (13, 8),
+}  # fmt: skip
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf base-128 varint (negative int64 as two's complement, 10 bytes)."""
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _key(field: int, wire_type: int = 2) -> bytes:
+    return _varint(field << 3 | wire_type)
+
+
+def _raw_size(entry: Mapping[str, Any]) -> int:
+    count = 1
+    for dim in entry["shape"]:
+        count *= int(dim)
+    return count * _ONNX_DTYPES[entry["dtype"]][1]
+
+
+def _tensor_head(entry: Mapping[str, Any]) -> bytes:
+    """A TensorProto's fields before its raw data: dims, type, name, raw_data's key and size."""
+    dims = b"".join(_key(_DIMS, 0) + _varint(int(d)) for d in entry["shape"])
+    name = str(entry["name"]).encode("utf-8")
+    return (
+        dims
+        + _key(_DATA_TYPE, 0) + _varint(_ONNX_DTYPES[entry["dtype"]][0])
+        + _key(_NAME) + _varint(len(name)) + name
+        + _key(_RAW_DATA) + _varint(_raw_size(entry))
+    )  # fmt: skip
 
 
 def _slice(payload: bytes, offset: int, length: int) -> bytes:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from satcompress.utils.cpu import CPUINFO, cpu_info, is_x86
+
+if TYPE_CHECKING:  # imported where used: the device runtime decides the policy without it
+    import onnx
 
 SAFE_LIMIT = 64  # |w| <= 64: no uint8 x int8 pair sum leaves the int16 range
 INT8_KERNEL_POLICIES = ("auto", "exact", "native")
@@ -88,6 +90,9 @@ def make_saturation_safe(model: onnx.ModelProto) -> int:
     Returns:
         How many weight tensors were rewritten.
     """
+    import onnx
+    from onnx import numpy_helper
+
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     uses: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -132,6 +137,9 @@ def _zero_point_ok(node: onnx.NodeProto, name: str, inits: dict) -> bool:
     zero_point = node.input[slots[2]] if len(node.input) > slots[2] else ""
     if not zero_point:
         return True
+    import onnx
+    from onnx import numpy_helper
+
     tensor = inits.get(zero_point)
     return (
         tensor is not None
@@ -142,6 +150,8 @@ def _zero_point_ok(node: onnx.NodeProto, name: str, inits: dict) -> bool:
 
 def _set_uint8_zero_point(graph: onnx.GraphProto, node: onnx.NodeProto, inits: dict) -> str:
     """Point ``node``'s weight zero point at a new uint8 128 initializer; the old name."""
+    from onnx import numpy_helper
+
     weight_slot, _, zp_slot = _WEIGHT_SLOTS[node.op_type]
     old = node.input[zp_slot] if len(node.input) > zp_slot else ""
     shape = list(inits[old].dims) if old else _zero_point_shape(node, inits)
