@@ -18,7 +18,9 @@ Memory: tiles are cut from one band of ``tile`` rows at a time and classified in
 besides the model only one band and one batch of tiles are held, *for uncompressed stripped
 or tiled TIFF files* (what GDAL writes by default): their bands are read straight from the
 file's strips. Pillow cannot decode part of a JPEG, PNG or compressed TIFF, so those scenes
-are decoded whole once (width x height x 3 bytes) and then tiled the same way.
+are decoded whole once (width x height x 3 bytes kept, twice that while decoding) and
+then tiled the same way. Measured on a 4096 x 4096 scene with the 2-bit ResNet-18: peak
+resident memory 112 MB from an uncompressed TIFF, 257 MB from the same pixels as PNG.
 
 Georeferencing (GeoJSON only): with a GeoTIFF (ModelTiepoint + ModelPixelScale, or
 ModelTransformation tags) or a world file beside the image (``.tfw``, ``.jgw``, ``.pgw``,
