@@ -109,8 +109,15 @@ def fp32_epoch(args: Any, dataset: Any) -> dict[str, Any]:
         "model": recipe.model, "dataset": "eurosat", "recipe": recipe.to_dict(),
         "accuracy": float(summary.get("best_val_accuracy") or 0.0), "params": 0,
         "macs": 0, "size_bytes": 0, "format": "none", "latency_ms": {},
-        "epoch_seconds": float(summary.get("s_per_epoch") or seconds), "seconds": round(seconds, 1),
+        "epoch_seconds": _last(summary.get("s_per_epoch")) or seconds, "seconds": round(seconds, 1),
     }  # fmt: skip
+
+
+def _last(value: Any) -> float | None:
+    """The last epoch's seconds (the summary keeps one per epoch)."""
+    if isinstance(value, list):
+        return float(value[-1]) if value else None
+    return float(value) if value is not None else None
 
 
 def table(records: list[dict[str, Any]]) -> str:

@@ -1,5 +1,6 @@
 """The package's layers (pyproject.toml's import-linter contract) hold: no import goes up."""
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,7 +30,8 @@ def test_a_lower_layer_importing_a_higher_one_is_caught(tmp_path):
     (package / "models" / "upward.py").write_text("import satcompress.pipeline.stages\n")
     config = tmp_path / "pyproject.toml"
     config.write_text((ROOT / "pyproject.toml").read_text())
-    env = {"PYTHONPATH": str(tmp_path / "src"), "PATH": str(Path(lint).parent)}
+    # the whole environment (a pyenv shim needs bash on PATH), the copy first on the path
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
     done = subprocess.run(
         [lint, "--config", str(config)], cwd=tmp_path, capture_output=True, text=True,
         timeout=300, env=env,
