@@ -47,6 +47,13 @@ def main() -> None:
     parser.add_argument("--candidate-batches", type=int, default=40)
     parser.add_argument("--final-epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--small-channel-ratios",
+        type=float,
+        nargs="+",
+        default=[0.25, 0.5, 0.75],
+        help="channel ratios of budgets under 1 MB (0.5 MB needs pruning beyond half)",
+    )
     args = parser.parse_args()
     if report_only(args, table):
         return
@@ -75,7 +82,10 @@ def search_row(args: Any, dataset: Any, row: str, records: RecordList) -> dict[s
         if before is None:
             raise SystemExit(f"{row} needs resnet18-{budget} first (its fp32 latency)")
         latency = round(before / 2, 4)
+    small = parse_budget(budget, reference_bytes=10**9) < 10**6
+    ratios = {"channel_ratios": tuple(args.small_channel_ratios)} if small else {}
     config = BAICConfig(
+        **ratios,
         budget=budget, latency_budget_ms=latency, candidates=args.candidates,
         candidate_batches=args.candidate_batches, final_epochs=args.final_epochs,
         workers=args.workers,

@@ -441,6 +441,12 @@ def _check_feasible(search: _Search) -> None:
     assert search.measured is not None
     problem = search.measured.problems["loss_increase"]
     smallest = minimum_bytes(problem)
+    if smallest > search.budget:  # the additive model is conservative: ask the predictor
+        bits = {
+            name: min(layer.bytes, key=layer.bytes.get) for name, layer in problem.layers.items()
+        }
+        ratios = {name: max(group.ratios) for name, group in problem.groups.items()}
+        smallest = min(smallest, exact_bytes(search.measured.predictor, plan_of(bits, ratios)))
     if smallest > search.budget:
         raise InfeasibleBudgetError(
             f"budget {format_bytes(search.budget)} is below the smallest file this search can "
