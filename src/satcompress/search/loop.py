@@ -284,8 +284,10 @@ class _Search:
         )
 
     def _finished(self, job: CandidateJob) -> bool:
+        # by id: a resumed search allocates with what earlier runs measured (the byte
+        # correction), so a later candidate's plan may differ; the finished one stands
         old = self.done.get(job.id)
-        return old is not None and old.get("plan") == job.plan and old["status"] != "failed"
+        return old is not None and old["status"] != "failed"
 
 
 def _same_work(job: CandidateJob, other: CandidateJob | dict[str, Any]) -> bool:
@@ -728,7 +730,10 @@ def _finish(search: _Search, final: dict[str, Any]) -> StageResult:
             ),
             2,
         )
-    total = round(time.perf_counter() - search.started, 2)
+    search.seconds["final"] = round(float(final.get("seconds") or 0.0), 2)
+    # a resumed search costs what all its runs did: the phases, not this run's wall time
+    wall = time.perf_counter() - search.started
+    total = round(max(wall, sum(search.seconds.values())), 2)
     summary = _summary(search, final, input_record, total)
     summary["latency_note"] = (
         "input and chosen files timed side by side (interleaved rounds, batch 1, ONNX Runtime)"
