@@ -1,29 +1,8 @@
 r"""The deployable artifact: one file holding a compressed model at its real precision.
 
-File layout (integers little-endian)::
-
-    offset  size  field
-    0       8     magic  b"SATCART\0"
-    8       2     format version (uint16, currently 1)
-    10      2     flags (uint16, reserved, 0)
-    12      4     manifest length M (uint32)
-    16      8     payload length P (uint64)
-    24      M     manifest: UTF-8 JSON
-    24+M    P     payload: the ONNX graph skeleton and every tensor, each at an offset
-    24+M+P  32    SHA-256 of all the bytes before it
-
-The manifest (``format: satcompress.artifact``) holds the model's description (name,
-classes, input spec, recipe, the ONNX metadata), where the ONNX graph skeleton lies in the
-payload (the ONNX model with its initializers removed, LZMA-compressed), and one entry per
-initializer, in graph order: name, ONNX dtype, shape, role (``weight``, ``bias``, ``scale``,
-``zero_point``, ``other``), the consuming layer, its quantization (``bits``, integer range,
-scale/zero-point tensor names and axis) and storage (``encoding`` dense/sparse,
-``compression`` none/lzma, ``nnz``, offset, length). ``int8``/``uint8`` tensors are stored as
-``bits``-bit codes (see :mod:`satcompress.runtime.pack`): 4-bit weights take half a byte
-each, 2-bit a quarter, and pruned zeros only a mask bit. Other tensors are stored as their raw
-bytes (zero-masked when sparse). ``stats`` gives ``bound_bytes`` = sum(params x bits) / 8
-(float parameters at their own width; scales and zero points excluded) to compare with the
-file size.
+The file layout (header, manifest, payload, SHA-256) and the reading side live in the
+torch-free :mod:`satcompress.runtime.satc` (the device installs only that); this module
+writes what it reads.
 
 :func:`encode_artifact` builds the file in memory (an :class:`EncodedArtifact`);
 :func:`write_artifact` writes it. :func:`file_size` gives a manifest's file size without the

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from tqdm.auto import tqdm
 
 from satcompress.runtime.images import fit_image, strict_decoding
 from satcompress.utils.cache import cache_root
-from satcompress.utils.io import atomic_write_json, read_json
+from satcompress.utils.io import atomic_open, atomic_write_json, read_json
 
 from .errors import DatasetError
 
@@ -193,17 +191,8 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     Same guarantee as :func:`satcompress.utils.io.atomic_write_bytes`, but streamed, so a
     large array is not copied into one bytes object first.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
 def _bad_files_error(root: Path, skipped: dict[str, str]) -> DatasetError:

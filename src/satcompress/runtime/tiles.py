@@ -38,7 +38,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +48,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from satcompress.runtime.images import fit_image, strict_decoding
 from satcompress.runtime.predict import Prediction, Runtime
+from satcompress.utils.io import atomic_open
 
 EDGE_RULES = ("drop", "pad")
 
@@ -345,19 +345,10 @@ def write_tiles(
     kind = {".csv": "csv", ".geojson": "geojson", ".json": "geojson"}.get(path.suffix.lower())
     if kind is None:
         raise ValueError(f"{path}: the output must end in .csv or .geojson")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     counts: dict[str, int] = {}
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            write = _write_csv if kind == "csv" else _write_geojson
-            write(out, results, counts, transform, crs)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", encoding="utf-8", newline="") as out:
+        write = _write_csv if kind == "csv" else _write_geojson
+        write(out, results, counts, transform, crs)
     return counts
 
 

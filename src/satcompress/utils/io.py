@@ -7,12 +7,14 @@ target, so a crash or Ctrl-C leaves either the old file or the new one, never ha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -26,18 +28,35 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         The destination path.
     """
     path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
+    """Write a file that appears whole or not at all: a temporary file, fsynced, then renamed.
+
+    On any exception (Ctrl-C included) the temporary file is removed and ``path`` keeps what
+    it held before.
+
+    Args:
+        path: Destination file. Its parent folder is created if missing.
+        mode: ``"wb"`` or ``"w"`` (then ``encoding``/``newline`` may be given).
+        **kwargs: Passed to :func:`open` (via ``os.fdopen``).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
