@@ -77,7 +77,7 @@ MANIFEST_FILE = "manifest.json"
 ARTIFACT = "model.satc"
 # Variants of the allocation tried in turn: (cost metric, structured pruning allowed).
 VARIANTS = (("loss_increase", True), ("loss_increase", False), ("kl", True), ("kl", False))
-FIT_ROUNDS = 8  # re-solves that move the additive model's target to fit the exact bytes
+FIT_ROUNDS = 12  # re-solves that move the additive model's target to fit the exact bytes
 FIT_TOLERANCE = 0.003  # a plan within 0.3% under the budget fills it
 RETRIES = 3  # new plans after a file came out over the budget
 
@@ -183,23 +183,31 @@ class _Search:
         allocation that fits, so the plan uses the budget instead of the model's slack.
         """
         assert self.measured is not None
-        target, best, seen = float(budget), None, set()
+        target, best = float(budget), None
+        low, high = 0.0, math.inf  # additive targets known to give a fitting / too large plan
         for _ in range(FIT_ROUNDS):
             try:
                 allocation = solver(problem, target, self.latency_budget)
             except InfeasibleBudgetError:
+                size = 0  # the additive model over-counts: a larger target may still fit
+            else:
+                plan = plan_of(allocation.bits, allocation.ratios)
+                size = math.ceil(exact_bytes(self.measured.predictor, plan) * self.file_factor())
+                better = best is None or allocation.predicted_cost < best.allocation.predicted_cost
+                if size <= budget and better:
+                    shown = f"{label}: {allocation.label or allocation.summary()}"
+                    best = _Planned(allocation, plan.to_dict(), size, shown)
+                if budget * (1 - FIT_TOLERANCE) <= size <= budget:
+                    break  # the plan fills the budget
+            if size <= budget:
+                low = max(low, target)
+            else:
+                high = min(high, target)
+            # bisect once the target is bracketed, else scale by what the predictor said
+            step = (low + high) / 2 if high < math.inf else target * budget / max(size, budget / 2)
+            if abs(step - target) <= target * 1e-4:
                 break
-            plan = plan_of(allocation.bits, allocation.ratios)
-            key = json.dumps(plan.to_dict(), sort_keys=True)
-            size = math.ceil(exact_bytes(self.measured.predictor, plan) * self.file_factor())
-            better = best is None or allocation.predicted_cost < best.allocation.predicted_cost
-            if size <= budget and better:
-                shown = f"{label}: {allocation.label or allocation.summary()}"
-                best = _Planned(allocation, plan.to_dict(), size, shown)
-            if key in seen or budget * (1 - FIT_TOLERANCE) <= size <= budget:
-                break  # the target stopped moving the plan, or the plan fills the budget
-            seen.add(key)
-            target *= budget / max(size, 1)
+            target = step
         if best is None:
             raise InfeasibleBudgetError(
                 f"no plan of {label} fits {format_bytes(budget)}: the exact sizes of the plans "
