@@ -369,7 +369,7 @@ def _printer(progress: bool) -> Callable[[str], None]:
     started = time.perf_counter()
 
     def say(message: str) -> None:
-        log.info("baic: %s", message)
+        log.debug("baic: %s", message)  # printed below when progress is on: once, not twice
         if progress:
             print(
                 f"[baic {time.perf_counter() - started:6.0f} s] {message}",
