@@ -66,6 +66,7 @@ from satcompress.compress.plan import (
     LayerUnit,
     PlanUnits,
     apply_plan,
+    layer_unit,
     plan_units,
 )
 from satcompress.models.deployable import export_onnx
@@ -476,16 +477,7 @@ def _applied_units(model: nn.Module) -> PlanUnits:
     for name, layer in model.named_modules():
         if not name or not isinstance(layer, (nn.Conv2d, nn.Linear)):
             continue
-        conv = isinstance(layer, nn.Conv2d)
-        units[name] = LayerUnit(
-            name,
-            int(layer.out_channels if conv else layer.out_features),
-            int(layer.in_channels if conv else layer.in_features),
-            int(layer.groups if conv else 1),
-            int(layer.weight.numel()),
-            None,
-            None,
-        )
+        units[name] = layer_unit(name, layer)
     return PlanUnits(units, {})
 
 

@@ -24,6 +24,7 @@ from satcompress.cli import artifact as artifact_commands
 from satcompress.cli import baic as baic_commands
 from satcompress.cli import prune as prune_commands
 from satcompress.cli import quantize as quantize_commands
+from satcompress.cli.baic import cmd_baic
 from satcompress.cli.common import (
     add_config_flags,
     add_data_flags,
@@ -59,9 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except KeyboardInterrupt:
-        print(
-            "interrupted; finished work is saved (rerun with --resume to continue)", file=sys.stderr
-        )
+        resume = "the same command" if args.handler is cmd_baic else "it with --resume"
+        print(f"interrupted; finished work is saved (rerun {resume} to continue)", file=sys.stderr)
         return 130
     except (ConfigError, FileNotFoundError, ValueError, *_user_errors()) as err:
         print(f"satcompress: error: {err}", file=sys.stderr)

@@ -63,6 +63,7 @@ __all__ = [
     "PlanUnits",
     "apply_plan",
     "kept_channels",
+    "layer_unit",
     "plan_units",
 ]
 
@@ -356,6 +357,22 @@ def kept_channels(group: GroupUnit, ratio: float) -> int:
     return int(group.size * (1 - ratio))
 
 
+def layer_unit(
+    name: str, layer: nn.Module, out_group: str | None = None, in_group: str | None = None
+) -> LayerUnit:
+    """The :class:`LayerUnit` of a ``nn.Conv2d`` or ``nn.Linear`` layer."""
+    conv = isinstance(layer, nn.Conv2d)
+    return LayerUnit(
+        name,
+        int(layer.out_channels if conv else layer.out_features),
+        int(layer.in_channels if conv else layer.in_features),
+        int(layer.groups if conv else 1),
+        int(layer.weight.numel()),
+        out_group,
+        in_group,
+    )
+
+
 def plan_units(model: nn.Module, example_inputs: torch.Tensor) -> PlanUnits:
     """The layers and groups a plan may name for ``model`` (see the naming rule above).
 
@@ -401,18 +418,10 @@ def plan_units(model: nn.Module, example_inputs: torch.Tensor) -> PlanUnits:
             out_group.setdefault(member, name)
         for member in ins:
             in_group.setdefault(member, name)
-    units = {}
-    for name, layer in layers.items():
-        conv = isinstance(layer, nn.Conv2d)
-        units[name] = LayerUnit(
-            name,
-            int(layer.out_channels if conv else layer.out_features),
-            int(layer.in_channels if conv else layer.in_features),
-            int(layer.groups if conv else 1),
-            int(layer.weight.numel()),
-            out_group.get(name),
-            in_group.get(name),
-        )
+    units = {
+        name: layer_unit(name, layer, out_group.get(name), in_group.get(name))
+        for name, layer in layers.items()
+    }
     return PlanUnits(units, groups)
 
 

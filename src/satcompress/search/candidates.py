@@ -10,6 +10,7 @@ hands every finished record to a callback as it completes, which appends it to
 from __future__ import annotations
 
 import concurrent.futures as futures
+import copy
 import dataclasses
 import json
 import logging
@@ -238,8 +239,8 @@ def _context(job: CandidateJob) -> tuple[TrainedModel, SceneDataset, Any]:
         trained = load(job.source)
         dataset = dataset_for(trained.card, where=job.source, progress=False)
         teacher_source = job.config.get("teacher", "self")
-        teacher = load_teacher(
-            load(job.source) if teacher_source == "self" else teacher_source,
+        teacher = load_teacher(  # a copy: load_teacher freezes the model it is given
+            copy.deepcopy(trained) if teacher_source == "self" else teacher_source,
             num_classes=len(dataset.classes),
         )
         _CONTEXT[job.source] = (trained, dataset, teacher)
