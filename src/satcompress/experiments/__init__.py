@@ -1,37 +1,36 @@
-"""Experiments: the results store, run keys and the plumbing every benchmark runs on.
+"""Experiments: the study store, experiment files, run keys and the benchmarks' plumbing.
 
-Sits above ``evaluate``, ``train`` and ``compress``; ``report`` reads what it stores.
+Sits above ``search``, ``pipeline``, ``evaluate``, ``train`` and ``compress``; ``report``
+reads what it stores. Public names import on first use (``satcompress study`` needs no
+torch).
 """
 
-from satcompress.experiments.keys import find_record_id, find_run_dir, run_key, run_keys
-from satcompress.experiments.retime import retime
-from satcompress.experiments.runner import (
-    BASELINE_MODELS,
-    baseline_config,
-    benchmark_parser,
-    checkpoint_record,
-    given_checkpoints,
-    load_eurosat,
-    report_only,
-    train_and_evaluate,
-    with_overrides,
-)
-from satcompress.experiments.store import RecordList
+from satcompress.utils.lazy import lazy_package
 
-__all__ = [
-    "BASELINE_MODELS",
-    "RecordList",
-    "baseline_config",
-    "benchmark_parser",
-    "checkpoint_record",
-    "find_record_id",
-    "find_run_dir",
-    "given_checkpoints",
-    "load_eurosat",
-    "report_only",
-    "retime",
-    "run_key",
-    "run_keys",
-    "train_and_evaluate",
-    "with_overrides",
-]
+__all__ = lazy_package(
+    __name__,
+    {
+        "find_record_id": "keys",
+        "find_run_dir": "keys",
+        "run_key": "keys",
+        "run_keys": "keys",
+        "retime": "retime",
+        "BASELINE_MODELS": "runner",
+        "baseline_config": "runner",
+        "benchmark_parser": "runner",
+        "checkpoint_record": "runner",
+        "given_checkpoints": "runner",
+        "load_eurosat": "runner",
+        "report_only": "runner",
+        "train_and_evaluate": "runner",
+        "with_overrides": "runner",
+        "RecordList": "store",
+        "Study": "study",
+        "stage_key": "study",
+        "Experiment": "spec",
+        "ExperimentError": "spec",
+        "load_experiment": "spec",
+        "plan": "plan",
+        "run_experiment": "execute",
+    },
+)

@@ -9,12 +9,10 @@ hands every finished record to a callback as it completes, which appends it to
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import copy
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
@@ -35,6 +33,7 @@ from satcompress.data import SceneDataset
 from satcompress.evaluate.artifact import evaluate_artifact
 from satcompress.evaluate.profile import LatencyConfig
 from satcompress.models.stats import count_macs, count_params
+from satcompress.utils.executors import task_pool, threads_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -372,20 +371,26 @@ def run_candidates(
         The records in completion order. A failing candidate gets ``status: failed`` and its
         error text instead of stopping the others.
     """
-    jobs = list(jobs)
+    jobs = {job.id: job for job in jobs}
     records: list[dict[str, Any]] = []
-
-    def finish(record: dict[str, Any]) -> None:
-        records.append(record)
-        on_done(record)
-
-    if executor == "ray":
-        _run_ray(jobs, finish, workers, ray_address)
-    elif workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            finish(_guarded(job))
-    else:
-        _run_processes(jobs, finish, workers)
+    kind = "ray" if executor == "ray" else "serial" if workers <= 1 or len(jobs) <= 1 else "process"
+    threads = threads_per_worker(workers) if kind != "serial" else None
+    try:
+        with task_pool(kind, workers, ray_address=ray_address) as pool:
+            for job in jobs.values():
+                pool.submit(
+                    job.id, _guarded, dataclasses.replace(job, threads=threads or job.threads)
+                )
+            while pool.pending:
+                done = pool.next_done()
+                if done.error is not None and kind == "serial":
+                    raise done.error  # here, as before: only run_candidate's own errors fail
+                job = jobs[done.name]
+                record = done.result if done.error is None else _failed(job, done.error)
+                records.append(record)
+                on_done(record)
+    except ImportError as err:
+        raise ConfigError(f"{err} (or use --workers N)") from err
     return records
 
 
@@ -401,52 +406,3 @@ def _failed(job: CandidateJob, err: BaseException) -> dict[str, Any]:
     record = _record(job, 0)
     record.update(bytes=None, status="failed", error=f"{type(err).__name__}: {err}")
     return record
-
-
-def _threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
-
-
-def _run_processes(jobs: list[CandidateJob], finish: Callable, workers: int) -> None:
-    threads = _threads(workers)
-    context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending = {
-            pool.submit(_guarded, dataclasses.replace(job, threads=threads)): job for job in jobs
-        }
-        for future in futures.as_completed(pending):
-            try:
-                finish(future.result())
-            except Exception as err:  # noqa: BLE001 - a dead worker must not lose the others
-                finish(_failed(pending[future], err))
-
-
-def _run_ray(jobs: list[CandidateJob], finish: Callable, workers: int, address: str | None) -> None:
-    try:
-        import ray
-    except ImportError as err:
-        raise ConfigError(
-            "executor 'ray' needs Ray: pip install 'satcompress[ray]' (or use --workers N)"
-        ) from err
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=address,
-            num_cpus=None if address else os.cpu_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-        )
-    threads = _threads(workers)
-    task = ray.remote(num_cpus=threads)(_guarded)
-    try:
-        pending = {task.remote(dataclasses.replace(job, threads=threads)): job for job in jobs}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(done[0])
-            try:
-                finish(ray.get(done[0]))
-            except Exception as err:  # noqa: BLE001 - a lost task must not lose the others
-                finish(_failed(job, err))
-    finally:
-        if started_here:
-            ray.shutdown()

@@ -1,0 +1,134 @@
+"""``satcompress experiment run`` and ``satcompress study``: experiments into one results store.
+
+Examples::
+
+    satcompress experiment run experiments/experiment_1_kd_eurosat.yaml --preset cpu
+    satcompress experiment run FILE --workers 2 --executor ray --dry-run --mlflow URI
+    satcompress study import 'results/*.json' --study runs/study
+    satcompress study show --study runs/study
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+#: Where a study lives unless ``--study`` says otherwise.
+DEFAULT_STUDY = Path("runs") / "study"
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``experiment`` and ``study``."""
+    experiment = commands.add_parser(
+        "experiment", help="run experiment files (YAML lists of stages) into a study"
+    ).add_subparsers(title="experiment commands")
+    run = experiment.add_parser(
+        "run",
+        help="validate an experiment file, then run the stages the study does not hold yet",
+        description=(
+            "Every stage's key hashes its input, data and settings: finished stages are "
+            "reused, interrupted ones resumed, changed ones (and what follows them) rerun."
+        ),
+    )
+    run.add_argument("config", type=Path, help="experiment YAML file")
+    run.add_argument("--preset", help="a preset of the file (default: cpu, if it has one)")
+    run.add_argument("--dataset", help="replace the file's dataset")
+    run.add_argument("--data-dir", type=Path, help="replace the file's data folder")
+    _study_flag(run)
+    run.add_argument("--workers", type=int, default=1, help="independent stages at once")
+    run.add_argument("--executor", choices=["process", "ray"], default="process",
+                     help="where parallel stages run (with --workers > 1)")  # fmt: skip
+    run.add_argument("--ray-address", help="existing Ray cluster (default: a local runtime)")
+    run.add_argument(
+        "--dry-run", action="store_true", help="validate and print the plan; run nothing"
+    )
+    run.add_argument("--mlflow", metavar="URI", help="also log each stage as an MLflow run")
+    run.set_defaults(handler=cmd_experiment_run)
+
+    study = commands.add_parser("study", help="the results store of a study").add_subparsers(
+        title="study commands"
+    )
+    imports = study.add_parser(
+        "import", help="load results files (JSON lists of records) into the study"
+    )
+    imports.add_argument("patterns", nargs="+", help="files or globs, e.g. 'results/*.json'")
+    _study_flag(imports)
+    imports.set_defaults(handler=cmd_study_import)
+    show = study.add_parser("show", help="the stages and records a study holds")
+    _study_flag(show)
+    show.set_defaults(handler=cmd_study_show)
+
+
+def _study_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", type=Path, default=DEFAULT_STUDY,
+                        help=f"study folder (default: {DEFAULT_STUDY})")  # fmt: skip
+
+
+def cmd_experiment_run(args: argparse.Namespace) -> int:
+    """Validate, plan, and (unless ``--dry-run``) run an experiment."""
+    from satcompress.experiments.execute import run_experiment
+    from satcompress.experiments.plan import plan, plan_table
+    from satcompress.experiments.spec import load_experiment
+    from satcompress.experiments.study import Study
+
+    experiment = load_experiment(
+        args.config, args.preset, dataset=args.dataset, data_dir=args.data_dir
+    )
+    with Study(args.study) as study:
+        preset = f", preset {experiment.preset}" if experiment.preset else ""
+        print(f"experiment {experiment.name}{preset}: {len(experiment.stages)} stages, "
+              f"study {study.root}")  # fmt: skip
+        if args.dry_run:
+            print(plan_table(plan(experiment, study, load_data=False), study))
+            return 0
+        tracker = None
+        if args.mlflow:
+            from satcompress.experiments.tracking import MlflowTracker
+
+            tracker = MlflowTracker(args.mlflow, experiment.name, study)
+        try:
+            result = run_experiment(
+                experiment, study, workers=args.workers, executor=args.executor,
+                ray_address=args.ray_address, on_stage=tracker,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            print("interrupted; finished stages are saved in the study: rerun the same command "
+                  "to continue (interrupted training resumes from its last epoch)",
+                  file=sys.stderr)  # fmt: skip
+            return 130
+    counts = {o: list(result.outcomes.values()).count(o) for o in set(result.outcomes.values())}
+    print(", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
+    for name, error in result.errors.items():
+        print(f"{name} failed: {error}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def cmd_study_import(args: argparse.Namespace) -> int:
+    """Index existing results files, tagged with the file each record came from."""
+    from satcompress.experiments.study import Study
+
+    with Study(args.study) as study:
+        total = 0
+        for pattern in args.patterns:
+            for source, count in study.import_results(pattern).items():
+                print(f"{source}: {count} records")
+                total += count
+    print(f"{total} records imported into {args.study}")
+    return 0
+
+
+def cmd_study_show(args: argparse.Namespace) -> int:
+    """Stage counts by status, record counts by source."""
+    from satcompress.experiments.study import Study
+
+    with Study(args.study) as study:
+        stages = study.stages()
+        for status in ("done", "running", "failed"):
+            rows = [s for s in stages if s.status == status]
+            if rows:
+                kinds = ", ".join(sorted({s.kind for s in rows}))
+                print(f"{len(rows)} stages {status} ({kinds})")
+        for source, count in sorted(study.sources().items()):
+            print(f"{count} records from {source}")
+    return 0

@@ -1,0 +1,432 @@
+"""The study: one SQLite store of every stage, experiment files, keys, reuse, resume, import."""
+
+import json
+import multiprocessing
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from satcompress.card import card_hash, lineage_stages
+from satcompress.cli import main
+from satcompress.experiments import execute
+from satcompress.experiments.execute import run_experiment
+from satcompress.experiments.plan import plan
+from satcompress.experiments.spec import ExperimentError, load_experiment
+from satcompress.experiments.study import Study
+from satcompress.utils.executors import task_pool
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+
+TINY = """\
+name: tiny
+dataset: eurosat
+data_dir: {data}
+latency: false
+train_defaults: {{epochs: 1, batch_size: 16, lr: 0.05, ema_decay: null}}
+stages:
+  - name: base
+    stage: train
+    config: {{model: test_cnn}}
+  - name: pruned
+    stage: prune
+    from: base
+    config: {{method: l1, ratio: {ratio}}}
+presets:
+  cpu: {{}}
+  paper:
+    image_size: 224
+    train_defaults: {{pretrained: true, epochs: 30}}
+"""
+
+
+def _write(path, data, ratio=0.5):
+    path.write_text(TINY.format(data=data, ratio=ratio))
+    return path
+
+
+def _record(i, **extra):
+    return {"id": f"r{i}", "model": "m", "dataset": "d", "recipe": {}, "accuracy": 0.5,
+            "params": 1, "macs": 1, "size_bytes": 1, "latency_ms": {}, **extra}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def first_run(eurosat_root, tmp_path_factory):
+    """The tiny experiment (train test_cnn 1 epoch, then prune) run once into a study."""
+    folder = tmp_path_factory.mktemp("study")
+    config = _write(folder / "tiny.yaml", eurosat_root)
+    result = run_experiment(load_experiment(config), folder / "study", progress=False)
+    return config, folder / "study", result
+
+
+def _copy(first_run, tmp_path):
+    config, study, _ = first_run
+    shutil.copytree(study, tmp_path / "study")
+    return Path(shutil.copy(config, tmp_path / "tiny.yaml")), tmp_path / "study"
+
+
+def _forbid_running(monkeypatch, allowed=()):
+    calls = []
+
+    def refuse(kind):
+        real = execute.STAGE_RUNNERS[kind]
+
+        def runner(job, *args):
+            calls.append(job.name)
+            if job.name not in allowed:
+                raise AssertionError(f"{job.name} was recomputed")
+            return real(job, *args)
+
+        return runner
+
+    for kind in list(execute.STAGE_RUNNERS):
+        monkeypatch.setitem(execute.STAGE_RUNNERS, kind, refuse(kind))
+    return calls
+
+
+def test_experiment_runs_into_the_study_with_records_and_lineage(first_run):
+    _, folder, result = first_run
+    assert result.ok and result.outcomes == {"base": "ran", "pruned": "ran"}
+    with Study(folder) as study:
+        rows = {row.kind: row for row in study.stages()}
+        assert {r.status for r in rows.values()} == {"done"} and len(rows) == 2
+        assert rows["prune"].input_key == rows["train"].key
+        assert (folder / "records" / f"{rows['prune'].key}.json").is_file()
+        assert rows["prune"].run_dir == study.run_dir("prune", rows["prune"].key)
+        records = study.records("stage")
+        assert {r["stage_key"] for r in records} == set(study.bindings("tiny", "cpu").values())
+        train_card = json.loads((rows["train"].run_dir / "model.json").read_text())
+        prune_card = json.loads((rows["prune"].run_dir / "model.json").read_text())
+    assert lineage_stages(prune_card) == ["train", "prune"]
+    assert prune_card["lineage"][-1]["input_card_hash"] == card_hash(train_card)
+    summary = json.loads((folder / "experiments" / "tiny@cpu.json").read_text())
+    assert summary["stages"]["pruned"]["accuracy"] == rows["prune"].record["accuracy"]
+
+
+def test_rerun_reuses_every_finished_stage(first_run, monkeypatch):
+    config, folder, _ = first_run
+    weights = next((folder / "runs").glob("train-*")) / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    calls = _forbid_running(monkeypatch)
+    result = run_experiment(load_experiment(config), folder, progress=False)
+    assert result.outcomes == {"base": "reused", "pruned": "reused"} and calls == []
+    assert weights.stat().st_mtime_ns == stamp
+    with Study(folder) as study:
+        assert [row.attempts for row in study.stages()] == [1, 1]
+
+
+def test_a_changed_stage_reruns_alone_and_a_changed_input_moves_every_key(
+    first_run, tmp_path, monkeypatch, eurosat_root
+):
+    config, folder = _copy(first_run, tmp_path)
+    _write(config, eurosat_root, ratio=0.25)
+    calls = _forbid_running(monkeypatch, allowed=("pruned",))
+    result = run_experiment(load_experiment(config), folder, progress=False)
+    assert result.outcomes == {"base": "reused", "pruned": "ran"} and calls == ["pruned"]
+    with Study(folder) as study:
+        assert len(study.stages("done")) == 3  # the first prune stays for the other config
+        before = {s.spec.name: s.key for s in plan(load_experiment(config), study)}
+        text = config.read_text().replace("epochs: 1,", "epochs: 2,")
+        config.write_text(text)
+        after = {s.spec.name: s for s in plan(load_experiment(config), study, load_data=False)}
+    assert all(after[name].key != key for name, key in before.items())
+    assert {s.status for s in after.values()} == {"run"}
+
+
+def test_an_interrupted_stage_resumes_and_what_follows_is_reused(first_run, tmp_path):
+    config, folder = _copy(first_run, tmp_path)
+    with sqlite3.connect(folder / "study.sqlite") as db:  # its process is gone
+        db.execute("UPDATE stages SET status = 'running', owner = 'nohost:1', heartbeat = 0 "
+                   "WHERE kind = 'train'")  # fmt: skip
+    with Study(folder) as study:
+        assert {s.spec.name: s.status for s in plan(load_experiment(config), study)} == {
+            "base": "resume", "pruned": "reuse"
+        }  # fmt: skip
+    result = run_experiment(load_experiment(config), folder, progress=False)
+    assert result.outcomes == {"base": "resumed", "pruned": "reused"}
+    with Study(folder) as study:
+        assert [row.attempts for row in study.stages()] == [2, 1]
+
+
+def test_a_failed_stage_skips_its_dependents_and_is_retried(first_run, tmp_path, monkeypatch):
+    config, folder = _copy(first_run, tmp_path)
+    text = config.read_text().replace("ratio: 0.5", "ratio: 0.3")
+    config.write_text(text)
+
+    def boom(*_):
+        raise RuntimeError("no luck")
+
+    monkeypatch.setitem(execute.STAGE_RUNNERS, "prune", boom)
+    result = run_experiment(load_experiment(config), folder, progress=False)
+    assert not result.ok and result.outcomes["pruned"] == "failed"
+    assert "no luck" in result.errors["pruned"]
+    with Study(folder) as study:
+        failed = study.stages("failed")
+        assert len(failed) == 1 and "no luck" in failed[0].error
+    monkeypatch.undo()
+    result = run_experiment(load_experiment(config), folder, progress=False)
+    assert result.outcomes["pruned"] == "ran"
+
+
+def _writer(folder, tag, shared, own):
+    study = Study(folder, timeout=60)
+    for i in range(shared):
+        key = f"shared-{i}"
+        claim = study.claim(key, "train", {"i": i})
+        while claim.state == "busy":
+            study.wait(key, poll=0.01)
+            claim = study.claim(key, "train", {"i": i})
+        if claim.state == "run":
+            study.finish(key, {**_record(0), "id": key, "writer": tag})
+    for i in range(own):
+        key = f"{tag}-{i}"
+        assert study.claim(key, "prune", {"i": i}).state == "run"
+        study.finish(key, {**_record(0), "id": key, "writer": tag})
+    study.close()
+
+
+def test_two_processes_write_one_study_and_lose_nothing(tmp_path):
+    Study(tmp_path).close()
+    context = multiprocessing.get_context("fork")  # SQLite and JSON only: no torch in them
+    procs = [context.Process(target=_writer, args=(tmp_path, t, 40, 40)) for t in ("a", "b")]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    with Study(tmp_path) as study:
+        rows = study.stages()
+        records = study.records("stage")
+    assert len(rows) == 120 and {r.status for r in rows} == {"done"}
+    shared = [r for r in rows if r.key.startswith("shared-")]
+    assert all(r.attempts == 1 for r in shared), "a shared stage ran twice"
+    assert sorted(r["id"] for r in records) == sorted(r.key for r in rows)
+    writers = {r["writer"] for r in records if r["id"].startswith("shared-")}
+    assert writers <= {"a", "b"}
+
+
+@pytest.mark.slow
+def test_two_experiment_processes_share_one_study(eurosat_root, tmp_path):
+    configs = []
+    for ratio in (0.5, 0.25):  # the same base, two prunes
+        configs.append(_write(tmp_path / f"tiny{ratio}.yaml", eurosat_root, ratio))
+    command = [sys.executable, "-m", "satcompress", "experiment", "run"]
+    procs = [subprocess.Popen([*command, str(c), "--study", str(tmp_path / "s")])
+             for c in configs]  # fmt: skip
+    assert [p.wait(600) for p in procs] == [0, 0]
+    with Study(tmp_path / "s") as study:
+        rows = study.stages()
+    assert sorted(r.kind for r in rows) == ["prune", "prune", "train"]
+    assert all(r.status == "done" and r.attempts == 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_independent_stages_run_in_worker_processes(first_run, tmp_path):
+    config, folder = _copy(first_run, tmp_path)
+    text = config.read_text().replace("ratio: 0.5}", "ratio: 0.4}")
+    extra = "  - {name: other, stage: prune, from: base, config: {method: l2, ratio: 0.3}}\n"
+    config.write_text(text.replace("presets:", extra + "presets:"))
+    result = run_experiment(load_experiment(config), folder, workers=2, progress=False)
+    assert result.outcomes == {"base": "reused", "pruned": "ran", "other": "ran"}
+
+
+def test_executors_return_results_and_errors_in_completion_order():
+    for kind, seconds in (("serial", 0.1), ("process", 2.0)):
+        with task_pool(kind, workers=2) as pool:
+            pool.submit("slow", time.sleep, seconds)
+            pool.submit("bad", abs, "not a number")
+            done = [pool.next_done() for _ in range(2)]
+        by_name = {d.name: d for d in done}
+        assert by_name["slow"].error is None and isinstance(by_name["bad"].error, TypeError)
+        if kind == "process":
+            assert done[0].name == "bad"
+
+
+# --- experiment files: validation with file and line -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "line", "message"),
+    [
+        (("config: {{model: test_cnn}}", "config: {{model: test_cnn, epoch: 3}}"), 9, "epoch"),
+        (("stage: prune", "stage: purne"), 11, "unknown stage 'purne'"),
+        (("model: test_cnn", "model: resnet1000"), 9, "unknown model 'resnet1000'"),
+        (("from: base", "from: nowhere"), 12, "names no earlier stage and no file"),
+        (("latency: false", "latency: false\nlatnecy: true"), 5, "unknown experiment key"),
+        (("ratio: {ratio}", "ratio: 1.5"), 13, "ratio must be"),
+        (("  cpu: {{}}", "  cpu: {{stages: {{prune: {{}}}}}}"), 15, "no stage 'prune'"),
+    ],
+)
+def test_mistakes_name_the_file_and_line(tmp_path, change, line, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(TINY.replace(*change).format(data=tmp_path, ratio=0.5))
+    with pytest.raises(ExperimentError, match=message) as err:
+        load_experiment(path)
+    assert str(err.value).startswith(f"{path}:{line}:")
+
+
+def test_presets_override_and_cli_validates_a_dry_run(eurosat_root, tmp_path, capsys):
+    config = _write(tmp_path / "tiny.yaml", eurosat_root)
+    paper = load_experiment(config, "paper")
+    base = paper.stage("base").config
+    assert (base.image_size, base.pretrained, base.epochs) == (224, True, 30)
+    assert load_experiment(config).stage("base").config.epochs == 1  # cpu is the default
+    code = main(["experiment", "run", str(config), "--preset", "paper", "--study",
+                 str(tmp_path / "s"), "--dry-run"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "base" in out and "pruned" in out and "key unknown" in out
+    assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_dry_run_shows_what_is_reused_and_a_rerun_reuses_it(first_run, capsys):
+    config, folder, _ = first_run
+    assert main(["experiment", "run", str(config), "--study", str(folder), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("base ") and " reuse " in line for line in lines)
+    assert main(["experiment", "run", str(config), "--study", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "2 reused"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_every_experiment_file_validates_and_dry_runs(path, preset, tmp_path):
+    if "../shared" in path.read_text() and not (ROOT.parent / "shared" / "models").is_dir():
+        pytest.skip("needs ../shared/models")
+    experiment = load_experiment(path, preset)
+    assert experiment.preset == preset and len(experiment.stages) >= 2
+    with Study(tmp_path) as study:
+        planned = plan(experiment, study, load_data=False)
+    assert [s.spec.name for s in planned] == [s.name for s in experiment.stages]
+
+
+# --- importing earlier results ---------------------------------------------------------------
+
+
+def test_study_import_tags_records_with_their_file(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "a.json").write_text(json.dumps([_record(1), _record(2), {"id": "broken"}]))
+    (results / "b.json").write_text(json.dumps([_record(1, accuracy=0.9)]))
+    (results / "diagnostics.json").write_text(json.dumps({"not": "records"}))
+    args = ["study", "import", str(results / "*.json"), "--study", str(tmp_path / "s")]
+    assert main(args) == 0 and main(args) == 0  # twice: replaced, not duplicated
+    assert "3 records imported" in capsys.readouterr().out
+    with Study(tmp_path / "s") as study:
+        sources = study.sources()
+        assert sources == {str(results / "a.json"): 2, str(results / "b.json"): 1}
+        assert study.records(str(results / "b.json"))[0]["accuracy"] == 0.9
+    assert (tmp_path / "s" / "imported" / "a.json").is_file()
+    missing = ["study", "import", str(results / "nothing*.json"), "--study", str(tmp_path / "s")]
+    assert main(missing) == 2
+    assert "no results file matches" in capsys.readouterr().err
+
+
+def test_study_import_loads_the_committed_results(tmp_path):
+    with Study(tmp_path) as study:
+        counts = study.import_results(ROOT / "results" / "*.json")
+        assert sum(counts.values()) == len(study.records()) > 0
+    baseline = json.loads((ROOT / "results" / "baseline.json").read_text())
+    assert counts[str(ROOT / "results" / "baseline.json")] == len(baseline)
+    assert str(ROOT / "results" / "diagnostics.json") not in counts  # not a list of records
+
+
+def test_mlflow_logs_each_stage_that_ran(first_run, monkeypatch):
+    logged = []
+
+    class FakeRun:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class FakeMlflow:
+        def set_tracking_uri(self, uri):
+            logged.append(("uri", uri))
+
+        def set_experiment(self, name):
+            logged.append(("experiment", name))
+
+        def start_run(self, run_name, tags):
+            logged.append(("run", run_name, tags["satcompress.stage"]))
+            return FakeRun()
+
+        def log_params(self, params):
+            logged.append(("params", params))
+
+        def log_metrics(self, metrics):
+            logged.append(("metrics", metrics))
+
+        def log_artifact(self, path):
+            logged.append(("artifact", Path(path).name))
+
+    monkeypatch.setitem(sys.modules, "mlflow", FakeMlflow())
+    from satcompress.experiments.tracking import MlflowTracker
+
+    config, folder, _ = first_run
+    with Study(folder) as study:
+        tracker = MlflowTracker("file:/tmp/x", "tiny", study)
+        stages = plan(load_experiment(config), study)
+        tracker(stages[1], "ran", 1.5)
+        tracker(stages[0], "reused", 0.0)  # logged when it ran
+    runs = [e for e in logged if e[0] == "run"]
+    assert runs == [("run", "pruned", "prune")]
+    params = next(e[1] for e in logged if e[0] == "params")
+    metrics = next(e[1] for e in logged if e[0] == "metrics")
+    assert params["config.ratio"] == "0.5" and params["config.method"] == "l1"
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["seconds"] == 1.5
+    assert ("artifact", f"{stages[1].key}.json") in logged
+
+
+def test_stage_keys_hash_input_data_and_settings_only(first_run):
+    config, folder, _ = first_run
+    with Study(folder) as study:
+        stages = plan(load_experiment(config), study, load_data=False)
+    base = stages[0]
+    assert base.input_ref is None and set(base.data) == {
+        "dataset", "image_size", "seed", "split_fingerprint"}  # fmt: skip
+    assert "data_dir" not in base.settings["config"] and "threads" not in base.settings["config"]
+    assert stages[1].input_ref == {"key": base.key}
+
+
+def test_heartbeat_and_dead_owner(tmp_path):
+    with Study(tmp_path, stale_after=60) as study:
+        assert study.claim("k", "train", {}).state == "run"
+        proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        dead = f"{socket.gethostname()}:{proc.stdout.strip()}"
+        with sqlite3.connect(tmp_path / "study.sqlite") as db:
+            db.execute("UPDATE stages SET owner = ? WHERE key = 'k'", (dead,))
+        claim = study.claim("k", "train", {})
+        assert claim.state == "run" and claim.resume
+        with study.heartbeat("k", every=0.05):
+            time.sleep(0.3)
+        assert time.time() - study.get("k").heartbeat < 1
+
+
+def test_a_stage_a_live_process_runs_is_waited_for(tmp_path):
+    study = Study(tmp_path)
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT / 'src')!r})
+        from satcompress.experiments.study import Study
+        study = Study({str(tmp_path)!r})
+        study.claim("k", "train", {{}})
+        print("claimed", flush=True)
+        time.sleep(1.0)
+        study.finish("k", None)
+    """)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "claimed"
+    assert study.claim("k", "train", {}).state == "busy"
+    row = study.wait("k", poll=0.05)
+    assert row.status == "done" and study.claim("k", "train", {}).state == "done"
+    assert proc.wait(30) == 0
+    study.close()
