@@ -44,6 +44,12 @@ STYLES: dict[str, tuple[str, str]] = {
     "input": ("X", "tab:gray"),
 }
 _OTHER = ("v", "tab:olive")
+#: Under the candidate table when an ``mct`` row is in it (plotted at its file's size).
+MCT_NOTE = (
+    "mct: Model Compression Toolkit mixed-precision PTQ, no fine-tune. *predicted* is the "
+    "weights memory its bit allocation implies (the figure its budget constrains); *on disk* "
+    "is the fake-quant ONNX file it exports (float weights), the size plotted."
+)
 _NONE = "—"
 
 Candidate = Mapping[str, Any]
@@ -365,6 +371,8 @@ def _candidate_table(candidates: list[Candidate]) -> str:
             _cell(c.get("status")),
         ]
         rows.append("| " + " | ".join(cells) + " |")
+    if any(c.get("kind") == "mct" for c in candidates):
+        rows += ["", MCT_NOTE]
     return "\n".join(rows)
 
 
