@@ -12,6 +12,9 @@ Rows (``--rows``):
 * ``resnet18-1MB-latency``: 1 MB and half the fp32 model's batch-1 latency;
 * ``resnet18-fp32-epoch``: one plain fp32 training epoch of the same model on the same
   machine (its recipe, full training split): the unit of the search's cost.
+* ``ucmerced-fp32``: a UC Merced ResNet-18 at 128 px, fine-tuned from the shared EuroSAT
+  model with a new head (``--ucm-epochs``; no ImageNet weights offline), its test accuracy;
+* ``ucmerced-<budget>``: ``baic`` from that model on UC Merced at that budget.
 
 Resumable twice over: finished rows are kept in the results file, and an interrupted row
 resumes its search from its last finished candidate (the run directories live under
@@ -23,19 +26,29 @@ resumes its search from its last finished candidate (the run directories live un
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
 
-from satcompress.experiments import RecordList, benchmark_parser, load_eurosat, report_only
+from satcompress.data import load_dataset
+from satcompress.experiments import (
+    RecordList,
+    benchmark_parser,
+    find_run_dir,
+    load_eurosat,
+    report_only,
+    train_and_evaluate,
+)
 from satcompress.pipeline import load
 from satcompress.pipeline import train as train_stage
 from satcompress.search.budget import format_bytes, parse_budget
-from satcompress.search.config import BAICConfig
+from satcompress.search.config import BASELINES, BAICConfig
 from satcompress.search.loop import baic
 from satcompress.train import TrainConfig
 
 SHARED_RESNET18 = Path("../shared/models/resnet18_eurosat64.safetensors")
+UCM_SIZE = 128
 DEFAULT_ROWS = ("resnet18-1MB", "resnet18-fp32-epoch", "resnet18-500kB", "resnet18-3MB")
 
 
@@ -47,6 +60,14 @@ def main() -> None:
     parser.add_argument("--candidate-batches", type=int, default=40)
     parser.add_argument("--final-epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--ucm-epochs", type=int, default=8, help="UC Merced fine-tune epochs")
+    parser.add_argument(
+        "--baselines",
+        nargs="*",
+        default=list(BASELINES),
+        help="baselines of every search row (mct needs pip install satcompress[mct]); rows "
+        "with other than the default ones get their own id and run directory, row+<names>",
+    )
     parser.add_argument(
         "--small-channel-ratios",
         type=float,
@@ -58,29 +79,67 @@ def main() -> None:
     if report_only(args, table):
         return
     records = RecordList(args.out)
-    dataset = load_eurosat(args.data_dir)
+    datasets = _Datasets(args.data_dir)
     for row in args.rows:
-        if records.get(row) is not None:
-            print(f"{row}: done")
+        row_id = row if row.endswith("fp32-epoch") else _row_id(row, args.baselines)
+        if records.get(row_id) is not None:
+            print(f"{row_id}: done")
             continue
         if row.endswith("fp32-epoch"):
-            record = fp32_epoch(args, dataset)
+            record = fp32_epoch(args, datasets.eurosat)
+        elif row == "ucmerced-fp32":
+            record = ucmerced_model(args, datasets.ucmerced)
         else:
-            record = search_row(args, dataset, row, records)
-        records.put({"id": row, **record})
-        print(f"{row}: saved")
+            record = search_row(args, datasets, row, records)
+        records.put({"id": row_id, **record})
+        print(f"{row_id}: saved")
     print(table(records.records))
 
 
-def search_row(args: Any, dataset: Any, row: str, records: RecordList) -> dict[str, Any]:
+class _Datasets:
+    """EuroSAT and UC Merced, each loaded when a row first needs it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    @functools.cached_property
+    def eurosat(self) -> Any:
+        return load_eurosat(self.data_dir)
+
+    @functools.cached_property
+    def ucmerced(self) -> Any:
+        return load_dataset("ucmerced", self.data_dir, image_size=UCM_SIZE)
+
+
+def ucmerced_config(args: Any) -> TrainConfig:
+    """The UC Merced model: ResNet-18 from the shared EuroSAT weights, a new 21-class head."""
+    return TrainConfig(
+        model="resnet18", dataset="ucmerced", data_dir=str(args.data_dir), image_size=UCM_SIZE,
+        weights=str(SHARED_RESNET18), new_head=True, epochs=args.ucm_epochs, batch_size=32,
+        lr=0.02, precision="bf16-mixed",
+    )  # fmt: skip
+
+
+def ucmerced_model(args: Any, dataset: Any) -> dict[str, Any]:
+    """Train (or reuse from the run cache) and evaluate the UC Merced model."""
+    return train_and_evaluate(ucmerced_config(args), dataset, args.runs_dir)
+
+
+def search_row(args: Any, datasets: _Datasets, row: str, records: RecordList) -> dict[str, Any]:
     """One ``baic`` run; asserts the saved file is within the budget."""
-    budget = row.split("-")[1]
+    source_name, budget = row.split("-")[:2]
+    if source_name == "ucmerced":
+        source, dataset = find_run_dir(args.runs_dir, ucmerced_config(args)), datasets.ucmerced
+        if not (source / "model.safetensors").is_file():
+            raise SystemExit(f"{row} needs ucmerced-fp32 first (the model it compresses)")
+    else:
+        source, dataset = args.checkpoint, datasets.eurosat
     latency = None
     if row.endswith("-latency"):
-        fp32 = records.get(f"resnet18-{budget}") or {}
+        fp32 = records.get(f"{source_name}-{budget}") or {}
         before = (fp32.get("baic") or {}).get("input", {}).get("latency_ms")
         if before is None:
-            raise SystemExit(f"{row} needs resnet18-{budget} first (its fp32 latency)")
+            raise SystemExit(f"{row} needs {source_name}-{budget} first (its fp32 latency)")
         latency = round(before / 2, 4)
     small = parse_budget(budget, reference_bytes=10**9) < 10**6
     ratios = {"channel_ratios": tuple(args.small_channel_ratios)} if small else {}
@@ -88,16 +147,23 @@ def search_row(args: Any, dataset: Any, row: str, records: RecordList) -> dict[s
         **ratios,
         budget=budget, latency_budget_ms=latency, candidates=args.candidates,
         candidate_batches=args.candidate_batches, final_epochs=args.final_epochs,
-        workers=args.workers,
+        workers=args.workers, baselines=tuple(args.baselines),
     )  # fmt: skip
-    run_dir = args.runs_dir / "baic" / row
+    run_dir = args.runs_dir / "baic" / _row_id(row, args.baselines)
     started = time.perf_counter()
-    result = baic(args.checkpoint, dataset, config, run_dir)
+    result = baic(source, dataset, config, run_dir)
     summary = result.details
     limit = parse_budget(budget, reference_bytes=summary["input"]["bytes"])
     on_disk = Path(summary["artifact"]).stat().st_size
     assert on_disk <= limit, f"{row}: {on_disk} bytes on disk > budget {limit}"
     return {**result.record, "seconds": round(time.perf_counter() - started, 1), "baic": summary}
+
+
+def _row_id(row: str, baselines: list[str]) -> str:
+    """The row's id: ``row`` with the default baselines, else ``row+<baselines>``."""
+    if tuple(baselines) == BASELINES:
+        return row
+    return "+".join([row, *baselines]) if baselines else f"{row}+no-baselines"
 
 
 def fp32_epoch(args: Any, dataset: Any) -> dict[str, Any]:
@@ -133,10 +199,12 @@ def _last(value: Any) -> float | None:
 def table(records: list[dict[str, Any]]) -> str:
     """The README table: budget, file, accuracy, baselines, time in fp32 epochs."""
     epoch = next((r["epoch_seconds"] for r in records if "epoch_seconds" in r), None)
+    mct = any("mct" in (r.get("baic") or {}).get("baselines", {}) for r in records)
     lines = [
         "| budget | file on disk | test acc | uniform (val) | BAIC cand. (val) | greedy (val) "
-        "| latency bs1 | search time |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        + ("| MCT PTQ (val, implied size) " if mct else "")
+        + "| latency bs1 | search time |",
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if mct else "") + "---:|---:|",
     ]
     for record in records:
         summary = record.get("baic")
@@ -150,13 +218,23 @@ def table(records: list[dict[str, Any]]) -> str:
             f"| {format_bytes(summary['budget_bytes'])} | {format_bytes(summary['bytes'])} "
             f"| {_acc(summary['accuracy'])} | {shown['uniform']} "
             f"| {_acc(summary.get('val_accuracy'))} | {shown['greedy']} "
-            f"| {summary['input']['latency_ms']:.2f} -> {summary['latency_ms']:.2f} ms | {cost} |"
+            + (f"| {_mct_cell(base.get('mct'))} " if mct else "")
+            + f"| {summary['input']['latency_ms']:.2f} -> {summary['latency_ms']:.2f} ms | {cost} |"
         )
     return "\n".join(lines)
 
 
 def _acc(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.2f}%"
+
+
+def _mct_cell(entry: dict[str, Any] | None) -> str:
+    """MCT's validation accuracy at the size its allocation implies, or its status."""
+    if not entry:
+        return "—"
+    if entry.get("status") != "ok" or entry.get("predicted_bytes") is None:
+        return str(entry.get("status") or "—")
+    return f"{_acc(entry.get('accuracy'))} @ {format_bytes(entry['predicted_bytes'])}"
 
 
 if __name__ == "__main__":

@@ -115,7 +115,9 @@ def test_interrupted_search_resumes_from_the_last_finished_candidate(
 
 
 def test_uniform_baseline_is_one_bit_width_everywhere(trained_cnn, tmp_path):
-    config = BAICConfig(budget="4x", baselines=("uniform",), **{**FAST, "candidates": 1})
+    config = BAICConfig(
+        budget="4x", baselines=("uniform",), uniform_pairs=2, **{**FAST, "candidates": 1}
+    )
     result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
     records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
     uniform = next(r for r in records if r["kind"] == "uniform")
@@ -123,6 +125,11 @@ def test_uniform_baseline_is_one_bit_width_everywhere(trained_cnn, tmp_path):
     ratios = {entry.get("channel_ratio", 0.0) for entry in uniform["plan"]["layers"].values()}
     assert len(bits) == 1 and len(ratios - {0.0}) <= 1
     assert uniform["bytes"] <= result.details["budget_bytes"]
+    pairs = [r for r in records if r["kind"] == "uniform"]  # one per bit-width, best kept
+    widths = [{e.get("bits") for e in r["plan"]["layers"].values()} for r in pairs]
+    assert len(pairs) == 2 and widths[0] != widths[1]
+    best = max(r["accuracy"] for r in pairs)
+    assert result.details["baselines"]["uniform"]["accuracy"] == best
 
 
 def test_worker_processes_run_candidates(trained_cnn, tmp_path):

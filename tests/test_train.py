@@ -1,4 +1,6 @@
 import json
+import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -259,3 +261,174 @@ def test_frozen_norm_statistics_leave_running_stats_and_restore_momentum():
     assert model[1].num_batches_tracked.item() == 1
     model(torch.randn(8, 3, 8, 8) - 5)
     assert not torch.equal(model[1].running_mean, before)
+
+
+# --- fine-tuning another dataset's weights with a new classifier (--new-head) ---------------
+
+
+def _folder(root, classes):
+    from fake_data import make_imagefolder
+
+    return make_imagefolder(root, classes=tuple("abcde"[:classes]), per_class=5)
+
+
+def _folder_config(data_dir, **overrides):
+    values = dict(model="test_cnn", dataset="imagefolder", data_dir=str(data_dir), epochs=1)
+    values.update(batch_size=8, ema_decay=None, channels_last=False, **overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def three_class_weights(tmp_path_factory):
+    """Weights of a tiny model trained on a 3-class image folder."""
+    root = tmp_path_factory.mktemp("source")
+    result = train(_folder_config(_folder(root / "three", 3)), root / "run", progress=False)
+    return result.weights_path
+
+
+def test_new_head_loads_the_backbone_and_initialises_a_classifier_for_the_new_classes(
+    three_class_weights, tmp_path
+):
+    import safetensors.torch
+
+    from satcompress.models import classifier_name, create_model
+    from satcompress.train.initial import initial_model
+    from satcompress.utils.io import file_digest
+
+    weights = str(three_class_weights)
+    config = _folder_config(tmp_path, weights=weights, new_head=True)
+    torch.manual_seed(0)
+    model, initial = initial_model(config, 5)
+    torch.manual_seed(0)
+    fresh = create_model("test_cnn", 5).state_dict()
+    source = safetensors.torch.load_file(weights)
+    head = classifier_name(model)
+    loaded = model.state_dict()
+    backbone = [k for k in loaded if not k.startswith(f"{head}.")]
+    assert backbone and all(torch.equal(loaded[k], source[k]) for k in backbone)
+    assert not all(torch.equal(fresh[k], source[k]) for k in backbone), "trained, not as built"
+    assert loaded[f"{head}.weight"].shape[0] == 5 and source[f"{head}.weight"].shape[0] == 3
+    assert all(torch.equal(loaded[k], fresh[k]) for k in loaded if k.startswith(f"{head}."))
+    assert initial == {
+        "weights": weights,
+        "sha256": file_digest(weights, "sha256"),
+        "new_head": True,
+        "source_classes": 3,
+        "classifier": head,
+    }
+
+
+def test_cli_fine_tunes_another_datasets_weights_with_new_head(
+    three_class_weights, tmp_path, monkeypatch, capsys
+):
+    from satcompress.cli import main
+    from satcompress.utils.io import file_digest
+
+    monkeypatch.chdir(tmp_path)
+    five = _folder(tmp_path / "five", 5).resolve()
+    data = ["--dataset", "imagefolder", "--data-dir", "five", "--epochs", "1", "--batch-size", "8"]
+    args = ["train", "--model", "test_cnn", *data, "--weights", str(three_class_weights)]
+    assert main([*args, "--run-dir", "plain", "--no-eval"]) == 2
+    err = capsys.readouterr().err
+    assert "a classifier for 3 classes" in err and "has 5" in err and "--new-head" in err, err
+    assert main([*args, "--new-head", "--run-dir", "ft"]) == 0
+    card = json.loads((tmp_path / "ft" / "model.json").read_text())
+    assert card["initial_weights"] == {
+        "weights": str(three_class_weights),
+        "sha256": file_digest(three_class_weights, "sha256"),
+        "new_head": True,
+        "source_classes": 3,
+        "classifier": "11",
+    }
+    assert card["num_classes"] == 5
+    # the relative --data-dir is stored absolute: the run names its data from any folder
+    saved = yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())
+    assert saved["data_dir"] == str(five) and saved["new_head"] is True
+    assert card["recipe"]["data_dir"] == str(five)
+    assert card["lineage"][0]["config"]["data_dir"] == str(five)
+    record = json.loads((tmp_path / "ft" / "record.json").read_text())
+    assert record["recipe"]["data_dir"] == str(five)
+    assert record["input"]["size"] == [32, 32], "the real input size, not None"
+
+
+def test_new_head_without_weights_is_refused():
+    with pytest.raises(ConfigError, match="new_head .* give weights=FILE"):
+        TrainConfig(new_head=True)
+
+
+def test_resume_accepts_a_run_saved_with_relative_paths_and_before_new_fields(
+    tmp_path, monkeypatch
+):
+    from satcompress.train.trainer import _check_same_config
+
+    monkeypatch.chdir(tmp_path)
+    config = _config("data").with_absolute_paths()
+    assert config.data_dir == str(tmp_path.resolve() / "data")
+    saved = {k: v for k, v in _config("data").to_dict().items() if k != "new_head"}
+    _check_same_config(config, saved, tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match="changed data_dir"):
+        _check_same_config(config, {**saved, "data_dir": "elsewhere"}, tmp_path / "config.yaml")
+    assert _config("").with_absolute_paths().data_dir == "", "empty: the source model's data"
+
+
+def test_data_flags_are_stored_absolute(tmp_path, monkeypatch):
+    import argparse
+
+    from satcompress.pipeline.data import DataOverrides
+
+    monkeypatch.chdir(tmp_path)
+    given = argparse.Namespace(data_dir=Path("data"), split_dir=Path("splits"))
+    overrides = DataOverrides.from_namespace(given)
+    assert overrides.data_dir == str(tmp_path.resolve() / "data")
+    assert overrides.split_dir == str(tmp_path.resolve() / "splits")
+
+
+# --- honest output --------------------------------------------------------------------------
+
+
+def test_decoding_says_what_at_which_size_into_which_cache_before_doing_it(tmp_path, caplog):
+    from fake_data import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "big", classes=("a", "b"), per_class=3, size=(96, 80))
+    with caplog.at_level(logging.INFO, logger="satcompress"):
+        ds = load_dataset("imagefolder", root, cache_dir=tmp_path / "cache", progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decoding")]
+    assert lines == [
+        f"decoding 6 imagefolder images from {root} at 96x80 (the size of the images on disk; "
+        f"image_size (--image-size) decodes them smaller) into the decode cache "
+        f"{ds.cache_path} (about 138.2 kB)"
+    ]
+    assert ds.cache_path.stat().st_size == pytest.approx(6 * 3 * 96 * 80, abs=200)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="satcompress"):
+        load_dataset("imagefolder", root, cache_dir=tmp_path / "cache", progress=False)
+    assert not [r for r in caplog.records if r.getMessage().startswith("decoding")]
+
+
+def test_lightning_lines_reach_one_handler_and_its_tips_none(monkeypatch):
+    from satcompress.cli import LIGHTNING_TIPS, lightning_logs_once
+
+    lightning = logging.getLogger("lightning")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    monkeypatch.setattr(lightning, "propagate", True)
+    monkeypatch.setattr(rank_zero, "filters", [])
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [*root.handlers, logging.NullHandler()])
+    assert lightning.handlers, "import lightning gives its logger a handler of its own"
+    lightning_logs_once()
+    lightning_logs_once()  # idempotent
+
+    def handlers_reached(logger):
+        count = 0
+        while logger is not None:
+            count += len(logger.handlers)
+            logger = logger.parent if logger.propagate else None
+        return count
+
+    assert handlers_reached(rank_zero) == 1
+
+    def record(message):
+        return rank_zero.makeRecord(rank_zero.name, logging.INFO, "", 0, message, (), None)
+
+    assert not rank_zero.filter(record(LIGHTNING_TIPS[0] + " For seamless cloud logging"))
+    assert rank_zero.filter(record("GPU available: False, used: False"))

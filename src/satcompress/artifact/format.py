@@ -1,17 +1,20 @@
 r"""The deployable artifact: one file holding a compressed model at its real precision.
 
-The file layout (header, manifest, payload, SHA-256) and the reading side live in the
-torch-free :mod:`satcompress.runtime.satc` (the device installs only that); this module
-writes what it reads.
+The file layout (header, manifest, payload, SHA-256, optional Ed25519 signature block) and
+the reading side live in the torch-free :mod:`satcompress.runtime.satc` (the device installs
+only that); this module writes what it reads, and checks that it does: every file built
+here is read back by :func:`~satcompress.runtime.satc.parse_artifact` (schema, graph)
+before it is returned. Signing is :func:`satcompress.runtime.sign.sign_file`.
 
 :func:`encode_artifact` builds the file in memory (an :class:`EncodedArtifact`);
 :func:`write_artifact` writes it. :func:`file_size` gives a manifest's file size without the
 payload, which :mod:`satcompress.artifact.encode` uses to predict sizes.
 
-Loading (:func:`load_artifact`) checks magic, version, length and checksum before reading
-anything, then rebuilds the ONNX model bit-exactly: low-bit weights come back as ``int8``
-initializers of an int8 QDQ graph that ONNX Runtime runs. The reading half lives in
-:mod:`satcompress.runtime.satc` (torch-free, what a device installs); its names are
+Loading (:func:`load_artifact`) checks magic, version, length, checksum (and a signature,
+given a public key), then the manifest against its schema and the graph, before anything
+is decoded; then it rebuilds the ONNX model bit-exactly: low-bit weights come back as
+``int8`` initializers of an int8 QDQ graph that ONNX Runtime runs. The reading half lives
+in :mod:`satcompress.runtime.satc` (torch-free, what a device installs); its names are
 re-exported here.
 """
 
@@ -48,16 +51,20 @@ from satcompress.runtime.satc import (
     ArtifactError,
     ChecksumError,
     IncompatibleVersionError,
+    ManifestError,
     NotAnArtifactError,
+    Signature,
+    SignatureError,
     TruncatedArtifactError,
     artifact_format,
     load_artifact,
+    parse_artifact,
     read_manifest,
 )
+from satcompress.runtime.schema import DTYPES, manifest_stats
 from satcompress.utils.io import atomic_write_bytes
 
 _INT_TYPES = {onnx.TensorProto.INT8: True, onnx.TensorProto.UINT8: False}  # -> signed
-_NOT_PARAMS = ("scale", "zero_point")
 
 __all__ = [
     "ARTIFACT_SUFFIX",
@@ -71,7 +78,10 @@ __all__ = [
     "ChecksumError",
     "EncodedArtifact",
     "IncompatibleVersionError",
+    "ManifestError",
     "NotAnArtifactError",
+    "Signature",
+    "SignatureError",
     "TruncatedArtifactError",
     "UnsupportedBitsError",
     "artifact_format",
@@ -118,7 +128,8 @@ def encode_artifact(
 
     Raises:
         UnsupportedBitsError: If a bit-width is not 1..8 or a tensor's values do not fit it.
-        ArtifactError: If an initializer has a type the artifact cannot store exactly.
+        ArtifactError: If an initializer has a type the artifact cannot store exactly, or
+            the reader would refuse the file (a ``ManifestError`` naming what).
     """
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     bits = dict(bits or {})
@@ -137,7 +148,9 @@ def encode_artifact(
     payload += skeleton
     metadata = {p.key: _maybe_json(p.value) for p in proto.metadata_props}
     manifest = build_manifest(metadata, entries, len(skeleton), info)
-    return EncodedArtifact(_assemble(manifest, bytes(payload)), manifest)
+    data = _assemble(manifest, bytes(payload))
+    parse_artifact(data, "the artifact being written")  # never write what readers refuse
+    return EncodedArtifact(data, manifest)
 
 
 def build_manifest(
@@ -163,7 +176,7 @@ def build_manifest(
         **dict(info or {}),
         "metadata": dict(metadata),
         "graph": graph,
-        "stats": _stats(entries),
+        "stats": manifest_stats(entries),
         "tensors": entries,
     }
 
@@ -270,11 +283,17 @@ def _encode_tensor(
 ) -> tuple[dict[str, Any], bytes]:
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         raise ArtifactError(f"initializer {tensor.name} uses external data; load it first")
+    dtype = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
+    if dtype not in DTYPES:
+        raise ArtifactError(
+            f"initializer {tensor.name} has ONNX type {dtype.upper()}, which the artifact "
+            f"cannot store (it stores {', '.join(DTYPES)})"
+        )
     array = numpy_helper.to_array(tensor)
     uses = all_uses.get(tensor.name, [])
     entry: dict[str, Any] = {
         "name": tensor.name,
-        "dtype": onnx.TensorProto.DataType.Name(tensor.data_type).lower(),
+        "dtype": dtype,
         "shape": list(array.shape),
         "role": _role(uses, array.ndim),
         **_dq_params(uses, all_uses),
@@ -306,20 +325,6 @@ def _check_round_trip(tensor: onnx.TensorProto, array: np.ndarray) -> None:
             f"{onnx.TensorProto.DataType.Name(tensor.data_type)}, which the artifact cannot "
             "store exactly"
         )
-
-
-def _stats(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    params = [t for t in entries if t["role"] not in _NOT_PARAMS and t["dtype"] != "int64"]
-    bound_bits = sum(int(t["count"]) * int(t["bits"]) for t in params)
-    quantized = [t for t in params if t["kind"] == "int"]
-    return {
-        "params": sum(int(t["count"]) for t in params),
-        "quantized_params": sum(int(t["count"]) for t in quantized),
-        "nonzero_params": sum(int(t["nnz"]) for t in params),
-        "bound_bytes": bound_bits / 8,
-        "tensor_bytes": sum(int(t["length"]) for t in entries),
-        "weight_bits": sorted({int(t["bits"]) for t in quantized if t["role"] == "weight"}),
-    }
 
 
 def _maybe_json(value: str) -> Any:

@@ -24,16 +24,20 @@ from satcompress.cli import artifact as artifact_commands
 from satcompress.cli import baic as baic_commands
 from satcompress.cli import prune as prune_commands
 from satcompress.cli import quantize as quantize_commands
+from satcompress.cli import sign as sign_commands
+from satcompress.cli import study as study_commands
 from satcompress.cli.baic import cmd_baic
 from satcompress.cli.common import (
     add_config_flags,
     add_data_flags,
     add_field_flag,
     add_run_flags,
+    add_verify_flags,
     data_overrides,
     print_record,
     print_result,
     train_config_from_args,
+    verify_artifact,
 )
 from satcompress.config import ConfigError, load_yaml
 from satcompress.train.config import TrainConfig
@@ -54,14 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("satcompress").setLevel(logging.INFO)
         quiet_third_parties()
+    lightning_logs_once()
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
     try:
         return args.handler(args) or 0
     except KeyboardInterrupt:
-        resume = "the same command" if args.handler is cmd_baic else "it with --resume"
-        print(f"interrupted; finished work is saved (rerun {resume} to continue)", file=sys.stderr)
+        print(f"interrupted; {how_to_continue(args)}", file=sys.stderr)
         return 130
     except (ConfigError, FileNotFoundError, ValueError, *_user_errors()) as err:
         print(f"satcompress: error: {err}", file=sys.stderr)
@@ -86,6 +90,8 @@ QUIET_BELOW_WARNING = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
 )
+#: Lightning's advertisements for its cloud services, hidden even with ``--verbose``.
+LIGHTNING_TIPS = ("\N{ELECTRIC LIGHT BULB} Tip:",)
 #: Python warnings hidden: (category, regex the message starts with).
 QUIET_WARNINGS = (
     # Brevitas on every quantized layer with a bias
@@ -114,8 +120,7 @@ def quiet_third_parties() -> None:
     """Hide the known third-party warnings and chatter of :data:`QUIET_LOGS` and friends.
 
     For the command line only (the library leaves logging and warnings to its caller);
-    idempotent. Lightning's own log handler no longer passes its records on to the root
-    logger's as well (each line was printed twice).
+    idempotent.
     """
     for name, prefixes in QUIET_LOGS.items():
         logger = logging.getLogger(name)
@@ -123,16 +128,54 @@ def quiet_third_parties() -> None:
             logger.addFilter(_DropMessages(prefixes))
     for name in QUIET_BELOW_WARNING:
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("lightning").propagate = False
     for category, message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def lightning_logs_once() -> None:
+    """Print each Lightning log line once, and never its advertising tips (``--verbose`` too).
+
+    ``import lightning`` gives the ``lightning`` logger a handler of its own (``INFO: ...``)
+    and leaves it propagating to the root logger, whose handler the command line sets up:
+    every Lightning line was printed twice. Its records now stop at its own handler.
+    Idempotent.
+    """
+    logging.getLogger("lightning").propagate = False
+    for name in QUIET_BELOW_WARNING:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(LIGHTNING_TIPS))
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from satcompress.data import DatasetError
     from satcompress.models import WeightsError
+    from satcompress.utils.lock import RunDirLockedError
 
-    return (DatasetError, WeightsError)
+    return (DatasetError, WeightsError, RunDirLockedError)
+
+
+def how_to_continue(args: argparse.Namespace) -> str:
+    """What to run after a Ctrl-C of the command ``args`` describes."""
+    handler, run_dir = args.handler, getattr(args, "run_dir", None)
+    if handler is cmd_baic:
+        return "finished candidates are saved: rerun the same command to continue"
+    if run_dir is None or handler not in (cmd_train, cmd_distill, *_ONE_GO):
+        return "nothing of this command needs continuing (run it again)"
+    if handler is prune_commands.cmd_prune:
+        if (Path(run_dir) / "model.safetensors").is_file():
+            return f"the pruned model is saved in {run_dir} (satcompress eval --checkpoint it)"
+        return "pruning does not resume: rerun the same command to start it over"
+    if handler is quantize_commands.cmd_quantize and getattr(args, "method", None) != "qat":
+        return "rerun the same command to start over"
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return f"finished epochs are saved in {last}: rerun the same command with --resume"
+    return "no epoch had finished: rerun the same command (without --resume) to start over"
+
+
+#: Commands writing a run directory that have no ``--resume`` of their own (or only for QAT).
+_ONE_GO = (prune_commands.cmd_prune, quantize_commands.cmd_quantize)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune_commands.add_commands(commands)
     quantize_commands.add_commands(commands)
     artifact_commands.add_commands(commands)
+    sign_commands.add_commands(commands)
     baic_commands.add_commands(commands)
+    study_commands.add_commands(commands)
 
     evaluate = commands.add_parser("eval", help="accuracy, size and latency of a trained model")
     source = evaluate.add_argument_group("model")
@@ -175,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run-dir", type=Path, help="where to write model.onnx and record.json")
     evaluate.add_argument("--threads", type=int, help="ONNX Runtime threads (default: all cores)")
     evaluate.add_argument("--no-latency", action="store_true", help="skip latency timing")
+    add_verify_flags(evaluate)
     evaluate.set_defaults(handler=cmd_eval)
     return parser
 
@@ -228,7 +274,7 @@ def distill_config_from_args(args: argparse.Namespace) -> DistillConfig:
     from satcompress.compress.distill import DistillConfig
     from satcompress.compress.distill.config import parse_feature_layers
 
-    values = load_yaml(args.distill_config) if args.distill_config else {}
+    values = DistillConfig.load_values(args.distill_config) if args.distill_config else {}
     for field in dataclasses.fields(DistillConfig):
         if field.name in vars(args):
             values[field.name] = getattr(args, field.name)
@@ -272,6 +318,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     path = args.artifact or args.checkpoint or args.weights
     if path is None:
         raise ConfigError("give the model to evaluate: --checkpoint RUN_DIR_OR_WEIGHTS")
+    if args.verify is not None or args.require_signature:
+        if args.artifact is None:
+            raise ConfigError("--verify checks a .satc file: give it with --artifact")
+        verify_artifact(args, args.artifact)
     source = load(path) if args.model is None else load_trained(path, model_name=args.model)
     if args.mean or args.std or args.input_size:
         spec = source.input_spec

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from satcompress.cli.common import add_data_flags, data_overrides
+from satcompress.cli.common import (
+    add_data_flags,
+    add_sign_flag,
+    data_overrides,
+    sign_artifact,
+    signing_key,
+)
+from satcompress.config import ConfigError
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -41,11 +48,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--baseline-epochs", type=int, help="fine-tune epochs of the baselines")
     parser.add_argument("--bits", help="bit-widths a layer may get, e.g. 8,6,4,3,2,1")
     parser.add_argument("--channel-ratios", help="prune ratios a group may get, e.g. 0.25,0.5")
-    parser.add_argument("--baselines", help="uniform,greedy (or none)")
+    parser.add_argument(
+        "--baselines", help="uniform,greedy (default), mct (pip install satcompress[mct]), or none"
+    )
+    parser.add_argument(
+        "--uniform-pairs", type=int, help="uniform bit-widths measured (the best one is kept)"
+    )
     parser.add_argument("--batch-size", type=int, help="fine-tune batch size")
     parser.add_argument("--lr", type=float, help="fine-tune peak learning rate")
     parser.add_argument("--seed", type=int, help="seed of fine-tunes and sensitivity subset")
     add_data_flags(parser)
+    add_sign_flag(parser)
     parser.set_defaults(handler=cmd_baic)
 
 
@@ -74,6 +87,7 @@ _FIELDS = (
     "bits",
     "channel_ratios",
     "baselines",
+    "uniform_pairs",
     "batch_size",
     "lr",
     "seed",
@@ -89,14 +103,48 @@ def config_from_args(args: argparse.Namespace) -> Any:
         values["baselines"] = ()
     if values.get("channel_ratios") == "none":
         values["channel_ratios"] = ()
+    size = _byte_budget(values["budget"]) if "budget" in values else None
+    if getattr(args, "sign", None) is not None and size is not None:
+        from satcompress.runtime.satc import SIGNATURE_SIZE
+
+        values["budget"] = str(size - SIGNATURE_SIZE)  # the signed file stays within it
     return quick_config(**values) if args.quick else BAICConfig(**values)
 
 
+def _byte_budget(budget: str) -> int | None:
+    """The bytes of a budget given in bytes; None for a ratio (``44x``) or a bad budget."""
+    from satcompress.search.budget import parse_budget
+
+    try:
+        return parse_budget(budget)
+    except ConfigError:
+        return None
+
+
+def _sign_within_budget(path: Path, key: Any, budget: int) -> None:
+    """Sign the saved (unsigned) file, unless the signature block would break ``budget``.
+
+    Raises:
+        ConfigError: If it would (only a ratio budget can: a byte budget reserves the block).
+    """
+    from satcompress.runtime.satc import SIGNATURE_SIZE
+
+    over = path.stat().st_size + SIGNATURE_SIZE - budget
+    if over > 0:
+        raise ConfigError(
+            f"the {SIGNATURE_SIZE}-byte signature block would put {path} {over:,} bytes over "
+            "the budget, so it is left unsigned: give the budget in bytes (--sign then keeps "
+            "the block's bytes free)"
+        )
+    sign_artifact(path, key)
+
+
 def cmd_baic(args: argparse.Namespace) -> int:
-    """Run the search and print its summary."""
+    """Run the search and print its summary (with ``--sign``: sign the file, within budget)."""
     from satcompress.search.budget import format_bytes
     from satcompress.search.loop import baic
 
+    key = signing_key(args)  # before the search: a bad key fails now, not after it
     result = baic(
         args.checkpoint,
         None,
@@ -115,4 +163,7 @@ def cmd_baic(args: argparse.Namespace) -> int:
         f"{after['latency_ms']:.2f} ms\n"
         f"file: {summary['artifact']}\nreport: {result.files['report']}"
     )
+    if key is not None:  # a byte budget's search kept the signature's bytes free
+        limit = _byte_budget(args.budget) or int(summary["budget_bytes"])
+        _sign_within_budget(Path(summary["artifact"]), key, limit)
     return 0

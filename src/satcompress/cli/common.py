@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from satcompress.config import field_help, load_yaml, parse_value
+from satcompress.config import ConfigError, field_help, parse_value
 from satcompress.train.config import TrainConfig
 
 
@@ -107,14 +108,14 @@ def key_value(text: str) -> tuple[str, Any]:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults < ``--config`` YAML < command-line flags."""
-    values = load_yaml(args.config) if args.config else {}
+    values = TrainConfig.load_values(args.config) if args.config else {}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for name in names & set(vars(args)):
         value = getattr(args, name)
         if name in ("model_kwargs", "augment"):
             value = {**values.get(name, {}), **dict(value)}
         values[name] = value
-    return TrainConfig.from_dict(values)
+    return TrainConfig.from_dict(values).with_absolute_paths()
 
 
 def data_overrides(args: argparse.Namespace) -> Any:
@@ -156,3 +157,84 @@ def print_record(record: dict[str, Any]) -> None:
         f"{record['size_bytes']:,} bytes ({record.get('format', 'onnx-fp32')}), "
         + ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items())
     )
+
+
+# --- signed artifacts (Ed25519, satcompress.runtime.sign) ---
+
+
+def add_sign_flag(parser: argparse.ArgumentParser) -> None:
+    """``--sign KEY``: sign the ``.satc`` the command writes."""
+    parser.add_argument(
+        "--sign", type=Path, metavar="KEY",
+        help="sign the written .satc with this Ed25519 private key (from `satcompress keygen`; "
+        "an encrypted key's passphrase in $SATCOMPRESS_KEY_PASSPHRASE)",
+    )  # fmt: skip
+
+
+def signing_key(args: argparse.Namespace) -> Any:
+    """The ``--sign`` private key, loaded now (a bad key fails before a long run), or None.
+
+    Raises:
+        KeyFileError: If the key cannot be used (a ``ValueError``: one line, exit status 2).
+    """
+    if getattr(args, "sign", None) is None:
+        return None
+    from satcompress.runtime.sign import load_private_key, passphrase_from_env
+
+    return load_private_key(args.sign, passphrase_from_env())
+
+
+def sign_artifact(path: str | Path, key: Any) -> None:
+    """Sign the written ``path`` with ``key`` (from :func:`signing_key`) and say so."""
+    if key is None:
+        return
+    from satcompress.runtime.sign import sign_file
+
+    signature = sign_file(path, key)
+    print(
+        f"signed {path} (Ed25519, key id {signature.key_id[:16]}): "
+        f"{Path(path).stat().st_size:,} bytes with the signature block"
+    )
+
+
+def add_verify_flags(parser: argparse.ArgumentParser) -> None:
+    """``--verify PUBKEY`` and ``--require-signature`` for commands that read a ``.satc``."""
+    parser.add_argument(
+        "--verify", type=Path, metavar="PUBKEY",
+        help="check the .satc's Ed25519 signature with this public key first (a signed file "
+        "that fails is refused; an unsigned one is used with a warning)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--require-signature", action="store_true",
+        help="with --verify: refuse an unsigned .satc too",
+    )  # fmt: skip
+
+
+def verify_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_artifact`` keywords of ``--verify``/``--require-signature`` ({} if not given).
+
+    Raises:
+        ConfigError: For ``--require-signature`` without ``--verify``.
+    """
+    if args.require_signature and args.verify is None:
+        raise ConfigError("--require-signature needs --verify PUBKEY (the key to check with)")
+    if args.verify is None:
+        return {}
+    return {"public_key": args.verify, "require_signature": args.require_signature}
+
+
+def verify_artifact(args: argparse.Namespace, path: str | Path) -> Any:
+    """Load ``path`` checking ``--verify``/``--require-signature``; warn if it is unsigned.
+
+    Returns:
+        The :class:`~satcompress.runtime.satc.Artifact`.
+    """
+    from satcompress.runtime.satc import load_artifact
+
+    artifact = load_artifact(path, **verify_options(args))
+    if args.verify is not None and artifact.signature is None:
+        print(
+            f"satcompress: warning: {path} is not signed (--require-signature refuses it)",
+            file=sys.stderr,
+        )
+    return artifact

@@ -24,11 +24,13 @@ from satcompress.cli.common import (
     add_data_flags,
     add_options,
     add_run_flags,
+    add_sign_flag,
     print_result,
+    sign_artifact,
+    signing_key,
     source_and_data,
 )
 from satcompress.compress.prune.config import METHODS, PruneConfig
-from satcompress.config import load_yaml
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -74,6 +76,7 @@ def _add_prune(commands: argparse._SubParsersAction) -> None:
     ))  # fmt: skip
     _add_teacher_flags(parser)
     add_config_flags(parser, TrainConfig)
+    add_sign_flag(parser)
     parser.set_defaults(handler=cmd_prune)
 
 
@@ -159,7 +162,7 @@ def _add_vit_layers(analyses: argparse._SubParsersAction) -> None:
 
 def prune_config_from_args(args: argparse.Namespace) -> PruneConfig:
     """Defaults < ``--prune-config`` YAML < command-line flags."""
-    values = load_yaml(args.prune_config) if args.prune_config else {}
+    values = PruneConfig.load_values(args.prune_config) if args.prune_config else {}
     return PruneConfig.from_dict({**values, **_given(args, PruneConfig)})
 
 
@@ -174,12 +177,12 @@ def finetune_config_from_args(args: argparse.Namespace, card: dict[str, Any]) ->
         if key in card:
             values.setdefault(key, card[key])
     if args.config:
-        values.update(load_yaml(args.config))
+        values.update(TrainConfig.load_values(args.config))
     for name, value in _given(args, TrainConfig).items():
         if name in ("model_kwargs", "augment"):
             value = {**values.get(name, {}), **dict(value)}
         values[name] = str(value) if isinstance(value, Path) else value
-    return TrainConfig.from_dict(values)
+    return TrainConfig.from_dict(values).with_absolute_paths()
 
 
 def _given(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
@@ -190,10 +193,14 @@ def _given(args: argparse.Namespace, config_cls: type) -> dict[str, Any]:
 def cmd_prune(args: argparse.Namespace) -> int:
     """``satcompress prune``: the data comes from the checkpoint's card unless flags give it."""
     from satcompress.compress.distill import DistillConfig
+    from satcompress.config import ConfigError
     from satcompress.evaluate import LatencyConfig
     from satcompress.pipeline import prune
 
     config = prune_config_from_args(args)
+    if args.sign is not None and args.no_eval:
+        raise ConfigError("--sign signs the model.satc the evaluation writes: drop --no-eval")
+    key = signing_key(args)  # before the run: a bad key fails now, not after it
     source, dataset = source_and_data(args)
     train_config = finetune_config_from_args(args, source.card)
     kd = {k: getattr(args, k) for k in ("temperature", "alpha") if getattr(args, k) is not None}
@@ -209,7 +216,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         evaluate_model=not args.no_eval,
         latency=None if args.no_latency else LatencyConfig(),
     )
-    return print_result(_summary(result.details.summary), result.record)
+    code = print_result(_summary(result.details.summary), result.record)
+    if key is not None:
+        sign_artifact(result.files["artifact"], key)
+    return code
 
 
 def _summary(summary: dict[str, Any]) -> str:

@@ -20,20 +20,44 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from satcompress.cli.common import add_data_flags, add_field_flag, source_and_data
+from satcompress.cli.common import (
+    add_data_flags,
+    add_field_flag,
+    add_sign_flag,
+    sign_artifact,
+    signing_key,
+    source_and_data,
+)
 from satcompress.compress.quantize.config import (
     CALIBRATION_METHODS,
     FIRST_LAST_POLICIES,
     PTQ_MODES,
+    WEIGHT_BITS,
     WEIGHT_SCALES,
     PTQConfig,
     QATConfig,
     load_bits_map,
 )
-from satcompress.config import ConfigError, load_yaml
+from satcompress.config import ConfigError
 
 EXIT_DIVERGED = 3
 _TRAIN_OVERRIDES = ("batch_size", "limit_batches", "threads", "channels_last", "seed", "optimizer")
+#: Flags (by dest) of one method only; given with the other, they are refused, not ignored.
+#: ``--calibration-images`` and ``--seed`` serve both.
+_PTQ_ONLY = (
+    "ptq_mode",
+    "calibration",
+    "percentile",
+    "per_channel",
+    "reduce_range",
+    "equalize",
+    "bias_correction",
+)
+_QAT_ONLY = (
+    "bits_map", "teacher", "epochs", "activation_bits", "first_last", "depthwise_bits",
+    "quant_after_activation", "lr", "weight_scale", "temperature", "alpha", "batch_size",
+    "limit_batches", "threads", "optimizer", "channels_last",
+)  # fmt: skip
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -45,13 +69,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--method", choices=("ptq", "qat"), default="ptq", help="default: ptq")
     parser.add_argument(
-        "--bits", type=int, default=argparse.SUPPRESS, help="weight bits: 8 (PTQ), 8|4|3|2|1 (QAT)"
-    )
-    parser.add_argument("--bits-map", type=Path, help="YAML/JSON file of layer: bits (QAT)")
+        "--bits", type=int, default=argparse.SUPPRESS,
+        help=f"weight bits: 8 (PTQ); {min(WEIGHT_BITS)} to {max(WEIGHT_BITS)} (QAT)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bits-map", type=Path,
+        help=f"QAT only: YAML/JSON file of layer: bits ({min(WEIGHT_BITS)} to "
+        f"{max(WEIGHT_BITS)}, or 32 = float)",
+    )  # fmt: skip
     parser.add_argument("--teacher", help="distil during QAT from: self, or a run dir/weights")
     parser.add_argument("--epochs", type=int, default=argparse.SUPPRESS, help="QAT epochs")
     parser.add_argument("--checkpoint", type=Path, required=True, help="run dir or weights file")
     parser.add_argument("--run-dir", type=Path, required=True, help="output folder")
+    parser.add_argument("--resume", action="store_true", help="QAT: continue an interrupted run")
     parser.add_argument("--config", type=Path, help="YAML file of PTQConfig/QATConfig options")
     _add_ptq_flags(parser)
     _add_qat_flags(parser)
@@ -61,6 +91,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--no-eval", action="store_true", help="skip scoring the artifact")
     out.add_argument("--no-latency", action="store_true", help="skip latency timing")
     out.add_argument("--eval-threads", type=int, help="ONNX Runtime threads for timing")
+    add_sign_flag(parser)
     parser.set_defaults(handler=cmd_quantize)
 
 
@@ -109,7 +140,9 @@ def config_from_args(args: argparse.Namespace) -> PTQConfig | QATConfig:
     Raises:
         ConfigError: For bad values, or options of the other method.
     """
-    values = load_yaml(args.config) if args.config else {}
+    _refuse_other_method_flags(args)
+    method_config = PTQConfig if args.method == "ptq" else QATConfig
+    values = method_config.load_values(args.config) if args.config else {}
     given = vars(args)
     if args.method == "ptq":
         if given.get("bits", 8) != 8:
@@ -134,6 +167,28 @@ def config_from_args(args: argparse.Namespace) -> PTQConfig | QATConfig:
     return QATConfig.from_dict(values)
 
 
+def _refuse_other_method_flags(args: argparse.Namespace) -> None:
+    """Options of the other method are an error: PTQ has no bits map, QAT no calibration.
+
+    Raises:
+        ConfigError: Naming the flags and the method they belong to.
+    """
+    other, method = (_QAT_ONLY, "qat") if args.method == "ptq" else (_PTQ_ONLY, "ptq")
+    given = [n for n in other if getattr(args, n, None) is not None]
+    if not given:
+        return
+    flags = ", ".join("--" + n.replace("_", "-") for n in given)
+    why = (
+        "PTQ quantizes every layer to int8, with no training"
+        if method == "qat"
+        else "they set ONNX Runtime's static quantizer, which QAT does not use"
+    )
+    verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
+    raise ConfigError(
+        f"{flags} {verb} to --method {method} only ({why}); drop {them}, or use --method {method}"
+    )
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``satcompress quantize``: the data comes from the checkpoint's card unless flags give it."""
     from satcompress.compress.quantize.qat import qat_train_config
@@ -141,6 +196,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from satcompress.pipeline import quantize
 
     config = config_from_args(args)
+    key = signing_key(args)  # before the run: a bad key fails now, not after it
     source, dataset = source_and_data(args)
     train_config = None
     if isinstance(config, QATConfig):
@@ -154,6 +210,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         args.run_dir,
         train_config=train_config,
         evaluate_model=not args.no_eval,
+        resume=args.resume,
         split=args.split,
         latency=latency,
     )
@@ -161,7 +218,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     details = result.details
     if details is not None and details.status != "ok":
         print(f"satcompress: {details.message}", file=sys.stderr)
+        if key is not None:
+            print("satcompress: the artifact is left unsigned (the run failed)", file=sys.stderr)
         return EXIT_DIVERGED
+    sign_artifact(result.files["artifact"], key)
     return 0
 
 

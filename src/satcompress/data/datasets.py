@@ -342,11 +342,15 @@ def load_dataset(
     plan = _plan_splits(spec, data_dir, split_dir, root, by_class, disk_files, seed, fractions)
     if limit_per_class is not None:
         plan.limit(limit_per_class)
+    why = "as asked (image_size)" if size else _default_size_reason(spec)
     size = size or _default_size(spec, root, plan.used_files())
-    decoded = _decode_images(spec.name, root, sorted(plan.used_files()), size, cache_dir, progress)
+    decoded = _decode_images(
+        spec.name, root, sorted(plan.used_files()), size, cache_dir, progress, why=why
+    )
     if decoded.skipped and not skip_bad_files:
         raise _bad_files_error(root, decoded.skipped)
     ds = _assemble(spec, root, classes, size, plan, decoded)
+    short = _check_class_sizes(ds, fractions if plan.split_dir is None else None)
     ds._info.update(
         looked_in=[str(p) for p in looked],
         ignored_folders=ignored,
@@ -356,6 +360,7 @@ def load_dataset(
         dropped_by_limit=plan.n_listed - len(plan.used_files()),
         image_sizes_on_disk=decoded.sizes,
         decoded_from_cache=decoded.from_cache,
+        classes_missing_from_splits=short,
     )
     return ds
 
@@ -403,6 +408,13 @@ def _default_size(spec: _Spec, root: Path, files: Sequence[str]) -> tuple[int, i
         f"the images under {root} have different sizes ({found}); pass image_size "
         "(--image-size) to resize them all to one size"
     )
+
+
+def _default_size_reason(spec: _Spec) -> str:
+    """Why images are decoded at the default size, for the log line before decoding."""
+    if spec.default_size is not None:
+        return f"the {spec.name} default; image_size (--image-size) changes it"
+    return "the size of the images on disk; image_size (--image-size) decodes them smaller"
 
 
 def _download_dataset(spec: _Spec, data_dir: Path, progress: bool) -> None:
@@ -482,6 +494,12 @@ def _scan_classes(spec: _Spec, root: Path) -> tuple[list[str], dict[str, list[st
             f"{spec.title}: {len(missing)} of {len(classes)} class folders missing under {root}: "
             f"{', '.join(missing)}. The dataset is incomplete: re-extract the archive there "
             "(or use --download with a fresh --data-dir)"
+        )
+    if len(classes) < 2:
+        raise DatasetError(
+            f"{spec.title}: {len(classes)} class folder under {root} "
+            f"({', '.join(classes) or 'none'}): a classifier needs at least two classes. Put "
+            f"each class's images in a folder of its own, {root}/<class>/<image>"
         )
     by_class = {c: _image_files(root, c) for c in classes}
     empty = [c for c in classes if not by_class[c]]
@@ -626,3 +644,62 @@ def _check_all_classes_left(
             f"({source}): either the split files list none of them (pass another "
             "--split-dir) or all of their images are broken (replace them)"
         )
+
+
+def _check_class_sizes(
+    ds: SceneDataset, fractions: tuple[float, float, float] | None
+) -> dict[str, dict[str, int]]:
+    """Report the classes missing from a split that holds other classes, with their counts.
+
+    Such a class is not measured there (its validation or test accuracy is unknown): a
+    warning names it with its images per split. A class missing from the train split is
+    refused: the model would never see it.
+
+    Args:
+        ds: The assembled dataset.
+        fractions: The train/val/test fractions of a generated split (None: split files).
+
+    Returns:
+        ``{class: {split: images}}`` of the classes missing from some split.
+
+    Raises:
+        DatasetError: A class has no training image.
+    """
+    counts = {s: Counter(ds.splits[s].labels.tolist()) for s in SPLITS}
+    used = [s for s in SPLITS if len(ds.splits[s])]
+    short = {}
+    for index, cls in enumerate(ds.classes):
+        per_split = {s: counts[s].get(index, 0) for s in SPLITS}
+        if not all(per_split[s] for s in used):
+            short[cls] = per_split
+    if not short:
+        return {}
+    listed = "; ".join(
+        f"{c}: {sum(n.values())} images ({', '.join(f'{n[s]} {s}' for s in SPLITS)})"
+        for c, n in short.items()
+    )
+    need = _images_for_every_split(fractions) if fractions else None
+    hint = f" (a generated split needs {need} images of a class to fill every split)"
+    hint = hint if need else ""
+    untrained = [c for c, n in short.items() if not n["train"]]
+    if untrained:
+        raise DatasetError(
+            f"{ds.name} under {ds.root}: class(es) {', '.join(untrained)} have no training "
+            f"image ({ds.split_source}). Counts: {listed}. Add images, or pass split files "
+            "that put some of each class in train"
+        )
+    log.warning(
+        "%s under %s: class(es) too small to appear in every split, not measured where "
+        "missing: %s%s. Add images to them", ds.name, ds.root, listed, hint,
+    )  # fmt: skip
+    return short
+
+
+def _images_for_every_split(fractions: tuple[float, float, float]) -> int | None:
+    """The fewest images of a class that a generated split puts in every non-empty split."""
+    wanted = [s for s, f in zip(SPLITS, fractions, strict=True) if f > 0]
+    for n in range(1, 1001):
+        parts = _generate_split({"c": [str(i) for i in range(n)]}, 0, fractions)
+        if all(parts[s] for s in wanted):
+            return n
+    return None

@@ -76,8 +76,12 @@ def _decode_images(
     size: tuple[int, int],
     cache_dir: Path | None,
     progress: bool = True,
+    why: str = "",
 ) -> _Decoded:
     """Decode ``files`` (relative to ``root``) to ``size``, or load them from the cache.
+
+    Before decoding, it logs what it decodes, at which size (and ``why`` that size), into
+    which cache file, and how large that file will be.
 
     Args:
         name: Dataset name (part of the cache key and file name).
@@ -86,6 +90,7 @@ def _decode_images(
         size: Target ``(height, width)``; other sizes are resized (bilinear, antialiased).
         cache_dir: Cache folder; None uses the default.
         progress: Show a tqdm bar while decoding.
+        why: Why ``size`` (for the log line), e.g. ``"as asked (image_size)"``.
 
     Returns:
         The decoded images; unreadable files are listed in ``skipped``, not raised.
@@ -96,9 +101,31 @@ def _decode_images(
     cached = _load_cache(npy, key, size)
     if cached is not None:
         return cached
+    log.info(decode_message(name, root, len(files), size, npy, why))
     decoded = _decode_all(root, files, size, progress, desc=f"decoding {name}")
     decoded.cache_path = _save_cache(npy, key, decoded)
     return decoded
+
+
+def decode_message(
+    name: str, root: Path, count: int, size: tuple[int, int], npy: Path, why: str = ""
+) -> str:
+    """``decoding N <name> images from ROOT at HxW (why) into CACHE (about X MB)``."""
+    why = f" ({why})" if why else ""
+    return (
+        f"decoding {count} {name} images from {root} at {size[1]}x{size[0]}{why} into the "
+        f"decode cache {npy} (about {format_size(count * 3 * size[0] * size[1])})"
+    )
+
+
+def format_size(n: float) -> str:
+    """Bytes in decimal units: ``201.0 MB``, ``2.9 MB``, ``512 B``."""
+    units = ("B", "kB", "MB", "GB", "TB")
+    power = 0
+    while n >= 1000 and power < len(units) - 1:
+        n /= 1000
+        power += 1
+    return f"{n:.0f} B" if power == 0 else f"{n:.1f} {units[power]}"
 
 
 def _decode_all(

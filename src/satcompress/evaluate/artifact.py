@@ -15,10 +15,12 @@ from satcompress.data import SceneDataset
 from satcompress.evaluate.evaluate import DEFAULT_LATENCY, evaluate_onnx
 from satcompress.evaluate.profile import LatencyConfig
 from satcompress.preprocess import InputSpec, Preprocess
+from satcompress.utils.lock import holds_run_lock
 
 __all__ = ["evaluate_artifact", "pytorch_accuracy"]
 
 
+@holds_run_lock
 def evaluate_artifact(
     path: str | Path,
     dataset: SceneDataset,

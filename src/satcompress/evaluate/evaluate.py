@@ -18,6 +18,7 @@ from satcompress.models.deployable import export_onnx
 from satcompress.preprocess import InputSpec
 from satcompress.runtime.onnx import make_session, read_metadata, run_session
 from satcompress.utils.io import atomic_write_json
+from satcompress.utils.lock import holds_run_lock
 
 DEFAULT_LATENCY = LatencyConfig()
 
@@ -52,6 +53,7 @@ def predict_onnx(
     return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
 
 
+@holds_run_lock
 def evaluate(
     model: nn.Module,
     dataset: SceneDataset,
@@ -176,7 +178,8 @@ def evaluate_onnx(
         "confusion_matrix": metrics["confusion_matrix"],
         "num_samples": metrics["num_samples"],
         "classes": list(dataset.classes),
-        "input": input_spec.to_dict(),
+        # the real input size: a spec without one takes the images at their decode size
+        "input": {**input_spec.to_dict(), "size": list(input_spec.size or dataset.image_size)},
         "split_source": dataset.split_source,
         "split_fingerprint": dataset.split_fingerprint,
         "created": timestamp(),

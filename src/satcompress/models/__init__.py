@@ -24,16 +24,26 @@ from satcompress.models.registry import (
     model_info,
     register_model,
 )
-from satcompress.models.weights import WeightsError, load_weights, save_weights
+from satcompress.models.weights import (
+    ClassCountError,
+    WeightsError,
+    classifier_name,
+    load_backbone,
+    load_weights,
+    save_weights,
+)
 
 __all__ = [
     "CLIP_MEAN_STD",
     "IMAGENET_MEAN_STD",
+    "ClassCountError",
     "ModelInfo",
     "UnknownModelError",
     "WeightsError",
+    "classifier_name",
     "create_model",
     "list_models",
+    "load_backbone",
     "load_weights",
     "model_info",
     "register_model",

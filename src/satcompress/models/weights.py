@@ -23,7 +23,15 @@ from torch import nn
 
 from satcompress.utils.io import atomic_write_bytes
 
-__all__ = ["WeightsError", "load_weights", "save_weights", "pretrained_download"]
+__all__ = [
+    "ClassCountError",
+    "WeightsError",
+    "classifier_name",
+    "load_backbone",
+    "load_weights",
+    "pretrained_download",
+    "save_weights",
+]
 
 _SAFETENSORS_SUFFIXES = {".safetensors"}
 _TORCH_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin"}
@@ -36,6 +44,22 @@ _MAX_LISTED = 8
 
 class WeightsError(RuntimeError):
     """Weights could not be downloaded, read, or matched to the model."""
+
+
+class ClassCountError(WeightsError):
+    """The file's classifier was trained for another number of classes than the model's.
+
+    Attributes:
+        file_classes: Outputs of the file's classifier.
+        model_classes: Outputs of the model's classifier.
+        classifier: Module name of the classifier (e.g. ``fc``, ``classifier.1``, ``head``).
+    """
+
+    def __init__(self, message: str, file_classes: int, model_classes: int, classifier: str):
+        super().__init__(message)
+        self.file_classes = file_classes
+        self.model_classes = model_classes
+        self.classifier = classifier
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> nn.Module:
@@ -68,6 +92,64 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = Tr
     except RuntimeError as err:
         raise WeightsError(f"Could not load {path} into the model: {err}") from err
     return model
+
+
+def load_backbone(model: nn.Module, path: str | os.PathLike) -> int:
+    """Load everything but the classifier strictly; the classifier keeps its initialisation.
+
+    For fine-tuning on other classes: build the model for the new class count, then load
+    the backbone of weights trained on another dataset. Every tensor outside the classifier
+    (:func:`classifier_name`) must be in the file with the model's shape, and the file may
+    hold no other tensors than those and its own classifier's.
+
+    Args:
+        model: The model to fill (its classifier is left as it is).
+        path: A weights file, as for :func:`load_weights`.
+
+    Returns:
+        The number of classes of the file's classifier (rows of its weight).
+
+    Raises:
+        WeightsError: The file is unreadable, has no such classifier, or its backbone does
+            not match the model's.
+    """
+    path = Path(path)
+    head = classifier_name(model)
+    if head is None:
+        raise WeightsError(
+            f"{type(model).__name__} has no nn.Linear classifier: cannot tell which layer a "
+            "new head replaces"
+        )
+    target = model.state_dict()
+    state = _strip_prefixes(_extract_state_dict(_read_file(path), path), target)
+    if f"{head}.weight" not in state:
+        raise WeightsError(
+            f"{path} holds no classifier {head!r} ({head}.weight): is it the right file for "
+            "this architecture?"
+        )
+    source_classes = int(state[f"{head}.weight"].shape[0])
+    body = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+    target_body = {k: v for k, v in target.items() if not k.startswith(f"{head}.")}
+    body = _check_and_cast(model, body, target_body, path, strict=True)
+    try:
+        model.load_state_dict(body, strict=False)
+    except RuntimeError as err:
+        raise WeightsError(f"Could not load {path} into the model: {err}") from err
+    return source_classes
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """Module name of the classifier: the last ``nn.Linear`` (None if the model has none).
+
+    That is the classifier of every family of the registry: ``fc`` (ResNets, ResNet-9, the
+    test models), ``classifier.1`` (MobileNetV2, EfficientNetV2), ``head`` (timm ViTs and
+    CLIP), ``11`` (``test_cnn``); torchvision's pretrained builders replace the same layer.
+    """
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    return last
 
 
 def save_weights(
@@ -264,21 +346,21 @@ def _raise_if_class_mismatch(
     file_classes, model_classes = state[head].shape[0], target[head].shape[0]
     if file_classes == model_classes:
         return
-    raise WeightsError(
+    raise ClassCountError(
         f"{path} was saved for {file_classes} classes but the model has {model_classes} "
         f"classes (classifier '{head}': file {tuple(state[head].shape)}, model "
         f"{tuple(target[head].shape)}). Create the model with num_classes={file_classes}, "
-        f"or load with strict=False to keep only the backbone."
+        f"or load its backbone only with load_backbone() (a new classifier).",
+        file_classes,
+        model_classes,
+        head.removesuffix(".weight"),
     )
 
 
 def _classifier_weight_key(model: nn.Module) -> str | None:
     """State-dict key of the final linear layer's weight (the classifier), if any."""
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last = name
-    return None if last is None else f"{last}.weight"
+    name = classifier_name(model)
+    return None if name is None else f"{name}.weight"
 
 
 def _describe_keys(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from satcompress.card import check_classes, data_source
@@ -41,9 +42,9 @@ class DataOverrides:
         """From parsed command-line flags (missing attributes are None)."""
         values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if v is not None}
-        for key in ("data_dir", "split_dir"):
+        for key in ("data_dir", "split_dir"):  # absolute, as cards record them
             if key in values:
-                values[key] = str(values[key])
+                values[key] = str(Path(values[key]).expanduser().resolve())
         return cls(**values)
 
 

@@ -34,12 +34,14 @@ from satcompress.pipeline.result import StageResult
 from satcompress.pipeline.stages import Source, _files, _torch_source, build_artifact, finish_card
 from satcompress.train import TrainConfig
 from satcompress.utils.io import atomic_write_bytes
+from satcompress.utils.lock import holds_run_lock
 
 __all__ = ["SETTINGS_FILE", "export_qat", "quantize"]
 
 SETTINGS_FILE = "quantize.yaml"
 
 
+@holds_run_lock
 def quantize(
     source: Source,
     dataset: SceneDataset | None,

@@ -68,6 +68,7 @@ from satcompress.data import SceneDataset
 from satcompress.preprocess import InputSpec, Preprocess
 from satcompress.utils.cache import JsonCache, cache_key
 from satcompress.utils.io import atomic_write_json, read_json
+from satcompress.utils.lock import holds_run_lock
 
 log = logging.getLogger(__name__)
 
@@ -399,6 +400,7 @@ def layer_sensitivity(
     return table
 
 
+@holds_run_lock
 def run_sensitivity(
     checkpoint_path_or_model: str | os.PathLike | nn.Module,
     dataset: SceneDataset,

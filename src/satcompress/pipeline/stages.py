@@ -42,6 +42,7 @@ from satcompress.pipeline.load import ARTIFACT_NAME, load
 from satcompress.pipeline.result import StageResult
 from satcompress.train.config import TrainConfig
 from satcompress.utils.io import atomic_write_json
+from satcompress.utils.lock import holds_run_lock, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ Source = str | Path | TrainedModel | StageResult
 _CARRIED = (
     "model", "model_kwargs", "num_classes", "classes", "input", "image_size", "split_source",
     "split_fingerprint", "recipe", "pruning", "weights_sha256", "val_accuracy", "qat_status",
-    "qat_message",
+    "qat_message", "initial_weights",
 )  # fmt: skip
 
 
@@ -187,6 +188,7 @@ def build_artifact(
     return {**encoded.manifest, "size_bytes": encoded.size_bytes}
 
 
+@holds_run_lock
 def train(
     source: Source | None,
     dataset: SceneDataset | None,
@@ -206,6 +208,7 @@ def train(
     from satcompress.train import train as train_model
 
     run_dir = Path(run_dir)
+    config = config.with_absolute_paths()  # the card and record name the data from anywhere
     parent = load(source) if source is not None else None
     dataset = dataset or _training_data(config, parent, progress)
     model = parent.model if parent is not None else None
@@ -218,6 +221,7 @@ def train(
     )  # fmt: skip
 
 
+@holds_run_lock
 def distill(
     source: Source,
     dataset: SceneDataset | None,
@@ -236,6 +240,7 @@ def distill(
     from satcompress.compress.distill import distill as distill_model
 
     run_dir = Path(run_dir)
+    train_config = train_config.with_absolute_paths()
     teacher = load(source) if not isinstance(source, str) or Path(source).exists() else None
     dataset = dataset or _training_data(train_config, teacher, progress)
     result = distill_model(
@@ -290,6 +295,7 @@ def _trained(
     )  # fmt: skip
 
 
+@holds_run_lock
 def prune(
     source: Source,
     dataset: SceneDataset | None,
@@ -359,32 +365,40 @@ def export(
     """Write the deployable ``.satc`` of any stage's output (``dataset`` is not needed).
 
     A QAT model is exported at its bits, a PTQ run as its int8 graph, any other model as
-    fp32 (unstructured zeros stored as mask bits); an artifact is written again.
+    fp32 (unstructured zeros stored as mask bits); an artifact is written again. It holds
+    the lock of ``run_dir`` (default: the source's run directory) while it writes.
     """
-    from satcompress.pipeline.quantize import export_qat
-
     model = load(source)
     if isinstance(source, (str, Path)) and Path(source).is_dir() and run_dir is None:
         run_dir = Path(source)
     run_dir = Path(run_dir or Path(model.weights_path).parent)
     output = Path(config.output) if config.output else run_dir / ARTIFACT_NAME
-    output.parent.mkdir(parents=True, exist_ok=True)
     card = derive_card(model.card, "export", config)
-    if model.kind == "artifact":
-        manifest = build_artifact(model.model.onnx_model(), card, output,
-                                  params=int(model.model.manifest.get("params", 0)),
-                                  macs=int(model.model.manifest.get("macs", 0)),
-                                  compress=config.compress)  # fmt: skip
-    elif model.kind == "qat":
-        manifest = export_qat(model, card, output, compress=config.compress)
-    else:
-        manifest = _export_fp32(model, card, output, config.compress)
+    with run_lock(run_dir):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        manifest = _export_file(model, card, output, config.compress)
     return StageResult(
         "export", load_artifact(output), card, run_dir, model.input_spec,
         files={"artifact": output}, details=manifest,
     )  # fmt: skip
 
 
+def _export_file(
+    model: TrainedModel, card: dict[str, Any], output: Path, compress: bool
+) -> dict[str, Any]:
+    from satcompress.pipeline.quantize import export_qat
+
+    if model.kind == "artifact":
+        return build_artifact(model.model.onnx_model(), card, output,
+                              params=int(model.model.manifest.get("params", 0)),
+                              macs=int(model.model.manifest.get("macs", 0)),
+                              compress=compress)  # fmt: skip
+    if model.kind == "qat":
+        return export_qat(model, card, output, compress=compress)
+    return _export_fp32(model, card, output, compress)
+
+
+@holds_run_lock
 def evaluate_stage(
     source: Source,
     dataset: SceneDataset | None,

@@ -28,9 +28,9 @@ class InputSpec(Config):
     def __post_init__(self) -> None:
         if self.size is not None:
             self.size = _pair(self.size)
+        super().__post_init__()  # types checked: mean and std are numbers, stored as floats
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
-        super().__post_init__()
 
     def validate(self) -> None:
         """Check shapes and ranges."""
@@ -91,10 +91,8 @@ def mixing_enabled(config: AugmentConfig) -> bool:
     return (config.mixup > 0 or config.cutmix > 0) and config.mix_prob > 0
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
+def _pair(size: int | Sequence[int]) -> tuple[int, int] | Sequence[int]:
+    """``(size, size)`` for one int; anything else unchanged, for the type check."""
+    if isinstance(size, int) and not isinstance(size, bool):
         return (size, size)
-    values = tuple(int(v) for v in size)
-    if len(values) != 2:
-        raise ConfigError(f"size must be an int or (height, width), got {size}")
-    return values  # type: ignore[return-value]
+    return size

@@ -7,12 +7,17 @@ Usage::
         [--edge drop|pad] [--out tiles.csv|tiles.geojson]
     python -m satcompress.runtime info model.satc
     python -m satcompress.runtime export-onnx model.satc model.onnx [--saturation-safe]
+    ... [--verify KEY.pub [--require-signature]]   # each command: check the signature first
 
 ``predict`` prints one line per image: ``path<TAB>class<TAB>probability`` (``--json``: one
 JSON object per line, with every class's probability). With ``--tile`` the one input is a
 scene cut into tiles (rules in :mod:`satcompress.runtime.tiles`); ``--out`` writes them as
 CSV or GeoJSON and prints a per-class count, else one line per tile is printed. A folder is
 searched recursively for images. Exit status 2 on a bad file, naming it.
+
+``--verify KEY.pub`` checks the file's Ed25519 signature with that public key before
+anything else of it is used (a signed file that fails is refused; an unsigned one is used
+with a warning unless ``--require-signature``, which refuses it). Needs ``cryptography``.
 """
 
 from __future__ import annotations
@@ -59,10 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="report unreadable images on stderr and go on (default: stop at the first)",
     )  # fmt: skip
     predict.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    _add_verify_flags(predict)
     predict.set_defaults(handler=cmd_predict)
 
     info = sub.add_parser("info", help="what the model is: classes, input, bits, size")
     info.add_argument("artifact", type=Path)
+    _add_verify_flags(info)
     info.set_defaults(handler=cmd_info)
 
     export = sub.add_parser("export-onnx", help="write the rebuilt ONNX graph for other runtimes")
@@ -72,8 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--saturation-safe", action="store_true",
         help="store 8-bit weights as uint8 where int8 kernels could saturate (x86 w/o VNNI)",
     )  # fmt: skip
+    _add_verify_flags(export)
     export.set_defaults(handler=cmd_export_onnx)
     return parser
+
+
+def _add_verify_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verify", type=Path, metavar="PUBKEY",
+        help="check the file's Ed25519 signature with this public key (PEM or OpenSSH) first",
+    )  # fmt: skip
+    parser.add_argument(
+        "--require-signature", action="store_true",
+        help="with --verify: refuse an unsigned file (default: use it with a warning)",
+    )  # fmt: skip
+
+
+def _verify_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_artifact``/``Runtime`` keywords of ``--verify`` and ``--require-signature``."""
+    if args.require_signature and args.verify is None:
+        raise ValueError("--require-signature needs --verify PUBKEY")
+    return {"public_key": args.verify, "require_signature": args.require_signature}
+
+
+def _warn_unsigned(args: argparse.Namespace, signature: Any) -> None:
+    if args.verify is not None and signature is None:
+        print(
+            f"{PROG}: warning: {args.artifact} is not signed (--require-signature refuses it)",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +136,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("--out and --stride need --tile")
     if args.tile is not None and len(args.inputs) != 1:
         raise ValueError("--tile takes exactly one scene file")
-    runtime = Runtime(args.artifact, threads=args.threads, int8_kernels=args.int8_kernels)
+    runtime = Runtime(
+        args.artifact, threads=args.threads, int8_kernels=args.int8_kernels,
+        **_verify_options(args),
+    )  # fmt: skip
+    _warn_unsigned(args, runtime.signature)
     if args.tile is not None:
         return _predict_scene(runtime, args)
     files = _image_files(args.inputs)
@@ -199,7 +237,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     """``info``."""
     from satcompress.runtime.satc import artifact_format, load_artifact, manifest_card
 
-    artifact = load_artifact(args.artifact)
+    artifact = load_artifact(args.artifact, **_verify_options(args))
+    _warn_unsigned(args, artifact.signature)
     card = manifest_card(artifact.manifest)
     stats = artifact.manifest["stats"]
     print(
@@ -208,6 +247,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     print(f"  classes: {', '.join(card.get('classes') or [])}")
     print(f"  input: uint8 RGB images; {card.get('input') or {}}")
+    signature = artifact.signature
+    print(f"  signature: {signature.describe() if signature else 'none (unsigned)'}")
     return 0
 
 
@@ -215,8 +256,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     """``export-onnx``."""
     from satcompress.runtime.satc import load_artifact
 
-    written = load_artifact(args.artifact).save_onnx(
-        args.output, saturation_safe=args.saturation_safe
-    )
+    artifact = load_artifact(args.artifact, **_verify_options(args))
+    _warn_unsigned(args, artifact.signature)
+    written = artifact.save_onnx(args.output, saturation_safe=args.saturation_safe)
     print(f"{written}: {written.stat().st_size:,} bytes")
     return 0

@@ -15,11 +15,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from satcompress.runtime.saturation import make_saturation_safe, resolve_policy
 
 if TYPE_CHECKING:  # imported where needed: a device session does not need it
     import onnx
+
+#: What ONNX Runtime raises for a model it cannot load or run (plain ``Exception``
+#: subclasses, one per status code).
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    getattr(_ort_state, name)
+    for name in (
+        "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+        "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail",
+    )
+    if isinstance(getattr(_ort_state, name, None), type)
+)  # fmt: skip
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -53,6 +53,20 @@ def check_bits(bits: int) -> int:
     return int(bits)
 
 
+def value_bits(lo: int, hi: int, signed: bool) -> int:
+    """The fewest bits whose integer range holds ``[lo, hi]`` (at most 8).
+
+    Signed widths start at 2: min/max cannot tell whether {-1, +1} values include zeros,
+    which the 1-bit range lacks.
+    """
+    for bits in range(2 if signed else 1, 9):
+        half = 1 << (bits - 1)
+        low, high = (-half, half - 1) if signed else (0, (1 << bits) - 1)
+        if low <= lo and hi <= high:
+            return bits
+    return 8
+
+
 def pack_bits(codes: np.ndarray, width: int) -> bytes:
     """Pack unsigned codes (each ``< 2**width``) into a little-endian bit stream.
 
@@ -242,14 +256,13 @@ def decode_ints(data: bytes, levels: Levels, info: dict[str, Any]) -> np.ndarray
         ValueError: If the bytes do not hold what ``info`` says.
     """
     count, nnz = int(info["count"]), int(info["nnz"])
-    raw = _decompress(data, info["compression"])
     if info["encoding"] == "dense":
-        _check_length(raw, packed_size(count, levels.bits))
+        raw = _decompress(data, info["compression"], packed_size(count, levels.bits))
         return levels.dense_values(unpack_bits(raw, levels.bits, count))
     if info["encoding"] != "sparse":
         raise ValueError(f"unknown encoding {info['encoding']!r}")
     mask_len = packed_size(count, 1)
-    _check_length(raw, mask_len + packed_size(nnz, levels.nonzero_width))
+    raw = _decompress(data, info["compression"], mask_len + packed_size(nnz, levels.nonzero_width))
     mask = unpack_bits(raw[:mask_len], 1, count).astype(bool)
     if int(mask.sum()) != nnz:
         raise ValueError("sparse mask does not match the stored nonzero count")
@@ -278,14 +291,13 @@ def decode_raw(data: bytes, dtype: np.dtype, info: dict[str, Any]) -> np.ndarray
     """
     dtype = np.dtype(dtype)
     count, nnz = int(info["count"]), int(info["nnz"])
-    raw = _decompress(data, info["compression"])
     if info["encoding"] == "dense":
-        _check_length(raw, count * dtype.itemsize)
+        raw = _decompress(data, info["compression"], count * dtype.itemsize)
         return np.frombuffer(raw, dtype=dtype, count=count).copy()
     if info["encoding"] != "sparse":
         raise ValueError(f"unknown encoding {info['encoding']!r}")
     mask_len = packed_size(count, 1)
-    _check_length(raw, mask_len + nnz * dtype.itemsize)
+    raw = _decompress(data, info["compression"], mask_len + nnz * dtype.itemsize)
     mask = unpack_bits(raw[:mask_len], 1, count).astype(bool)
     if int(mask.sum()) != nnz:
         raise ValueError("sparse mask does not match the stored nonzero count")
@@ -310,17 +322,46 @@ def _smallest(
     return min(options, key=lambda e: len(e.data))
 
 
-def _decompress(data: bytes, compression: str) -> bytes:
+def _decompress(data: bytes, compression: str, expected: int) -> bytes:
+    """The stream of ``expected`` bytes that ``data`` holds (never more is decompressed).
+
+    Raises:
+        ValueError: If ``data`` is not a stream of exactly ``expected`` bytes.
+    """
     if compression == "none":
-        return bytes(data)
-    if compression == "lzma":
-        try:
-            return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-        except lzma.LZMAError as err:
-            raise ValueError(f"corrupt LZMA stream: {err}") from err
-    raise ValueError(f"unknown compression {compression!r}")
-
-
-def _check_length(raw: bytes, expected: int) -> None:
+        raw = bytes(data)
+    elif compression == "lzma":
+        raw = decompress_lzma(data, expected, filters=_LZMA_FILTERS)
+    else:
+        raise ValueError(f"unknown compression {compression!r}")
     if len(raw) != expected:
         raise ValueError(f"stored tensor has {len(raw)} bytes, expected {expected}")
+    return raw
+
+
+def decompress_lzma(data: bytes, limit: int, filters: list[dict[str, Any]] | None = None) -> bytes:
+    """Decompress one LZMA stream of at most ``limit`` bytes, never producing more.
+
+    Args:
+        data: The compressed stream: raw LZMA2 with ``filters``, else the ``.xz`` container.
+        limit: Most bytes it may decompress to.
+        filters: The raw stream's filter chain; None for the ``.xz`` container.
+
+    Raises:
+        ValueError: If the stream is corrupt, longer than ``limit`` or followed by data.
+    """
+    if filters is None:
+        decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    else:
+        decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=filters)
+    try:
+        raw = decompressor.decompress(data, max_length=limit)
+        if not decompressor.eof and decompressor.decompress(b"", max_length=1):
+            raise ValueError(f"LZMA stream holds more than the {limit} bytes expected")
+    except lzma.LZMAError as err:
+        raise ValueError(f"corrupt LZMA stream: {err}") from err
+    if not decompressor.eof:
+        raise ValueError("LZMA stream is truncated")
+    if decompressor.unused_data:
+        raise ValueError(f"{len(decompressor.unused_data)} bytes follow the LZMA stream")
+    return raw

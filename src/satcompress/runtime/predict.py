@@ -8,9 +8,11 @@ Example::
     for label, probs in model.predict(["tile_001.jpg", "tile_002.jpg"]):
         print(label, probs.max())
 
-The artifact is verified (magic, version, length, SHA-256), its ONNX graph rebuilt in
-memory and opened in the saturation-safe ONNX Runtime session every figure of this project
-is measured in (:func:`satcompress.runtime.onnx.make_session`). The graph takes raw uint8
+The artifact is verified (magic, version, length, SHA-256, and its Ed25519 signature when a
+public key is given) and validated (manifest schema, graph against manifest: see
+:func:`satcompress.runtime.satc.load_artifact`), its ONNX graph rebuilt in memory and
+opened in the saturation-safe ONNX Runtime session every figure of this project is
+measured in (:func:`satcompress.runtime.onnx.make_session`). The graph takes raw uint8
 ``(B, 3, H, W)`` images at the card's decode size and normalises (and, for a model with its
 own input resolution, resizes) inside; this module only decodes and resizes each image to
 that size the way training decoded it (:mod:`satcompress.runtime.images`).
@@ -26,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from satcompress.runtime.images import ImageLike, load_image
-from satcompress.runtime.onnx import make_session
+from satcompress.runtime.onnx import ORT_ERRORS, make_session
 from satcompress.runtime.satc import ArtifactError, load_artifact, manifest_card
 from satcompress.runtime.saturation import make_saturation_safe, resolve_policy
 
@@ -69,6 +71,9 @@ class Runtime:
         int8_kernels: ``auto`` (default) re-encodes 8-bit weights that ONNX Runtime's int8
             kernels would saturate on this CPU; ``exact`` always, ``native`` never. See
             :mod:`satcompress.runtime.saturation`.
+        public_key: Verify the file's Ed25519 signature with this public key (file, bytes
+            or key; see :mod:`satcompress.runtime.sign`) before anything else is read.
+        require_signature: Refuse an unsigned file (with ``public_key``).
 
     Attributes:
         path: The artifact file.
@@ -77,18 +82,28 @@ class Runtime:
         image_size: ``(height, width)`` every image is resized to before the graph.
         decode_seconds: Time taken to verify the file and rebuild its ONNX graph.
         session_seconds: Time taken to build the ONNX Runtime session.
+        signature: The file's signature (``verified`` if ``public_key`` checked it), or None.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ArtifactError: If the file is not a valid artifact, or its input size is unknown.
+        ArtifactError: If the file is not a valid artifact, its signature does not hold
+            (``SignatureError``), ONNX Runtime refuses its graph, or its input size is
+            unknown.
     """
 
     def __init__(
-        self, path: str | Path, threads: int | None = None, int8_kernels: str = "auto"
+        self,
+        path: str | Path,
+        threads: int | None = None,
+        int8_kernels: str = "auto",
+        *,
+        public_key: Any = None,
+        require_signature: bool = False,
     ) -> None:
         start = time.perf_counter()
-        artifact = load_artifact(path)
+        artifact = load_artifact(path, public_key=public_key, require_signature=require_signature)
         self.path = Path(path)
+        self.signature = artifact.signature
         self.manifest: dict[str, Any] = artifact.manifest
         self.card = manifest_card(self.manifest)
         rewritten = 0
@@ -103,7 +118,12 @@ class Runtime:
         del artifact
         self.decode_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        self.session = make_session(data, threads, int8_kernels="native")
+        try:
+            self.session = make_session(data, threads, int8_kernels="native")
+        except ORT_ERRORS as err:
+            raise ArtifactError(
+                f"{path}: ONNX Runtime refuses its graph: {_first_line(err)}"
+            ) from None
         del data
         _release_freed_memory()
         self.session.satcompress_uint8_weights = rewritten
@@ -171,12 +191,22 @@ class Runtime:
                 f"got {batch.shape}"
             )
         feed = {self._input_name: np.ascontiguousarray(batch)}
-        return self.session.run(None, feed)[0]
+        try:
+            return self.session.run(None, feed)[0]
+        except ORT_ERRORS as err:
+            raise ArtifactError(
+                f"{self.path}: its model fails to run: {_first_line(err)}"
+            ) from None
 
     def labels(self, probabilities: np.ndarray) -> Iterator[Prediction]:
         """One :class:`Prediction` per row of ``(B, C)`` probabilities."""
         for row in probabilities:
             yield Prediction(self.classes[int(row.argmax())], row)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:500] if lines else type(err).__name__
 
 
 def _release_freed_memory() -> None:
@@ -200,7 +230,8 @@ def _image_size(shape: Sequence[Any], card: dict[str, Any], path: Path) -> tuple
     if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]):
         return int(shape[2]), int(shape[3])
     size = card.get("image_size") or (card.get("data") or {}).get("image_size")
-    size = size or (card.get("input") or {}).get("size")
+    spec = card.get("input")
+    size = size or (spec.get("size") if isinstance(spec, dict) else None)
     if isinstance(size, int):
         size = [size, size]
     if not size:

@@ -6,12 +6,14 @@ import dataclasses
 from typing import Any
 
 from satcompress.compress.distill import DistillConfig
-from satcompress.config import Config, ConfigError
+from satcompress.config import Config, ConfigError, parse_value
 
-__all__ = ["BASELINES", "EXECUTORS", "BAICConfig", "quick_config"]
+__all__ = ["BASELINES", "EXECUTORS", "OPTIONAL_BASELINES", "BAICConfig", "quick_config"]
 
-#: Baselines a run can add at the same budget (see :class:`BAICConfig`).
+#: Baselines a run can add at the same budget (see :class:`BAICConfig`): the default ones.
 BASELINES = ("uniform", "greedy")
+#: Baselines that need an optional extra (``mct``: ``pip install satcompress[mct]``).
+OPTIONAL_BASELINES = ("mct",)
 EXECUTORS = ("local", "ray")
 _BITS = range(1, 9)
 
@@ -44,9 +46,14 @@ class BAICConfig(Config):
         batch_size: Fine-tuning batch size; None = the input model's recipe.
         distill: Distillation settings of the fine-tunes.
         baselines: Baselines measured at the same budget: ``uniform`` (one bit-width and one
-            prune ratio everywhere, the best pair that fits) and ``greedy`` (cost per byte).
+            prune ratio everywhere, the best pair that fits), ``greedy`` (cost per byte) and,
+            not by default, ``mct`` (Sony's Model Compression Toolkit mixed-precision PTQ with
+            the budget as its weights-memory target; ``pip install satcompress[mct]``).
         baseline_epochs: Fine-tuning epochs of the baselines (None = ``candidate_epochs``);
             set it to ``final_epochs`` to compare with the final model on equal terms.
+        uniform_pairs: Uniform pairs fine-tuned and measured: the least-cost fitting pair of
+            each of the best ``uniform_pairs`` bit-widths (the additive model ranks uniform
+            plans poorly at high compression); the baseline is the best measured one.
         workers: Candidate fine-tunes run at once (processes on this machine, or Ray tasks).
         executor: ``local`` (processes) or ``ray`` (``ray.init(address=ray_address)``).
         ray_address: Address of an existing Ray cluster; None starts a local Ray runtime.
@@ -71,6 +78,7 @@ class BAICConfig(Config):
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     baselines: tuple[str, ...] = BASELINES
     baseline_epochs: int | None = None
+    uniform_pairs: int = 3
     workers: int = 1
     executor: str = "local"
     ray_address: str | None = None
@@ -78,12 +86,10 @@ class BAICConfig(Config):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.distill, dict):
-            self.distill = DistillConfig.from_dict(self.distill)
         self.budget = str(self.budget)
-        self.bits = tuple(int(b) for b in _as_tuple(self.bits))
-        self.channel_ratios = tuple(float(r) for r in _as_tuple(self.channel_ratios))
-        self.baselines = tuple(str(b) for b in _as_tuple(self.baselines))
+        self.bits = _as_tuple(self.bits)
+        self.channel_ratios = _as_tuple(self.channel_ratios)
+        self.baselines = _as_tuple(self.baselines)
         super().__post_init__()
 
     def validate(self) -> None:
@@ -95,12 +101,13 @@ class BAICConfig(Config):
             raise ConfigError(f"bits must be a non-empty list of 1..8, got {list(self.bits)}")
         if any(not 0 < r < 1 for r in self.channel_ratios):
             raise ConfigError(f"channel_ratios must be in (0, 1), got {list(self.channel_ratios)}")
-        unknown = sorted(set(self.baselines) - set(BASELINES))
+        known = BASELINES + OPTIONAL_BASELINES
+        unknown = sorted(set(self.baselines) - set(known))
         if unknown:
-            raise ConfigError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+            raise ConfigError(f"unknown baseline(s) {unknown}; choose from {list(known)}")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"executor must be one of {list(EXECUTORS)}, got {self.executor!r}")
-        for name in ("candidates", "workers", "sensitivity_images"):
+        for name in ("candidates", "workers", "sensitivity_images", "uniform_pairs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("candidate_epochs", "final_epochs"):
@@ -126,7 +133,7 @@ def quick_config(**overrides: Any) -> BAICConfig:
 
     It trades accuracy for time: bits 8/4/2 and one channel ratio (half the sensitivity
     table), 128 sensitivity images, one candidate fine-tuned on 50 batches and kept as the
-    final file (no final fine-tune), the uniform baseline only.
+    final file (no final fine-tune), the uniform baseline only (its least-cost pair).
     """
     values: dict[str, Any] = {
         "bits": (8, 4, 2),
@@ -137,12 +144,19 @@ def quick_config(**overrides: Any) -> BAICConfig:
         "candidate_batches": 50,
         "final_epochs": 0,
         "baselines": ("uniform",),
+        "uniform_pairs": 1,
     }
     values.update(overrides)
     return BAICConfig(**values)
 
 
-def _as_tuple(value: Any) -> tuple:
-    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return (value,) if not isinstance(value, str) else tuple(v for v in value.split(",") if v)
-    return tuple(value or ())
+def _as_tuple(value: Any) -> Any:
+    """A comma-separated string (``"8,4,2"``) or a single number as a tuple of values.
+
+    Anything else is returned unchanged, for the type check of :class:`Config`.
+    """
+    if isinstance(value, str):
+        return tuple(parse_value(v) for v in value.split(",") if v)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (value,)
+    return () if value is None else value

@@ -17,7 +17,8 @@ a :class:`~satcompress.pipeline.StageResult`). The search:
    the next candidate is allocated with another view of the costs (structured pruning on or
    off, loss increase or KL), while time remains and the last candidate improved on the best;
    the best candidate by validation accuracy is fine-tuned longer and scored on the test
-   split. Baselines (uniform, greedy) get the same fine-tune at the same budget.
+   split. Baselines (uniform, greedy) get the same fine-tune at the same budget; the optional
+   ``mct`` baseline (:mod:`satcompress.search.mct_baseline`) is MCT's PTQ at that budget.
 
 The budget is a hard guarantee: a file over it is never saved as ``model.satc``; the search
 tightens the target and tries again. Everything finished is in ``candidates.jsonl``: rerunning
@@ -27,6 +28,7 @@ the same command skips it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -63,9 +65,11 @@ from satcompress.search.candidates import (
     set_context,
 )
 from satcompress.search.config import BAICConfig
+from satcompress.search.mct_baseline import mct_baseline, require_mct
 from satcompress.search.measure import MeasuredModel, exact_bytes, measure, plan_of
 from satcompress.utils.cache import cache_root
 from satcompress.utils.io import atomic_write_json
+from satcompress.utils.lock import holds_run_lock
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +158,7 @@ class _Search:
         ratios = [
             r["bytes"] / r["predicted_bytes"]
             for r in self.done.values()
-            if r.get("bytes") and r.get("predicted_bytes") and r["kind"] != "input"
+            if r.get("bytes") and r.get("predicted_bytes") and r["kind"] not in ("input", "mct")
         ]
         return max(ratios, default=1.0)
 
@@ -306,6 +310,7 @@ def _same_work(job: CandidateJob, other: CandidateJob | dict[str, Any]) -> bool:
     return all(getattr(job, f) == getattr(other, f) for f in fields)
 
 
+@holds_run_lock
 def baic(
     source: str | Path | TrainedModel | StageResult,
     dataset: SceneDataset | None,
@@ -338,6 +343,8 @@ def baic(
         ConfigError: If ``run_dir`` holds a BAIC run with other settings.
     """
     run_dir = Path(run_dir)
+    if "mct" in config.baselines:
+        require_mct()  # before any work: the extra is optional
     trained = load(source)
     if trained.kind not in ("weights", "pruned"):
         raise ConfigError(
@@ -380,12 +387,20 @@ def _printer(progress: bool) -> Callable[[str], None]:
     return say
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """Saved settings with the defaults of options added since (a run resumes across them)."""
+    try:
+        return json.loads(json.dumps(BAICConfig.from_dict(saved).to_dict()))
+    except (ConfigError, TypeError, ValueError):
+        return saved  # options removed or renamed since: compared as saved
+
+
 def _claim(run_dir: Path, config: BAICConfig) -> None:
     """Create the run directory, or check that it holds this same search (resume)."""
     path = run_dir / CONFIG_FILE
     settings = config.to_dict()
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = _with_defaults(json.loads(path.read_text()))
         if saved != json.loads(json.dumps(settings)):
             changed = sorted(
                 k for k in settings if saved.get(k) != json.loads(json.dumps(settings.get(k)))
@@ -508,30 +523,86 @@ def _first_round(search: _Search) -> list[CandidateJob]:
             batches=config.candidate_batches,
         )
     )
-    baselines = {"uniform": _uniform_solver, "greedy": _greedy_solver}
     for name in config.baselines:
+        if name == "mct":
+            continue  # not a plan: run by _mct below, in this process
         try:
-            planned = search.fit(baselines[name], problem, search.budget, name)
+            plans = _baseline_plans(search, problem, name)
         except InfeasibleBudgetError as err:
             search.say(f"baseline {name}: infeasible ({err})")
             search.record(_infeasible(name, str(err)))
             continue
-        jobs.append(
-            search.job(
-                planned,
-                name,
-                name,
-                epochs=config.baseline_fine_tune_epochs,
-                batches=config.candidate_batches,
+        for rank, planned in enumerate(plans):
+            job_id = name if rank == 0 else f"{name}-{rank + 1}"
+            jobs.append(
+                search.job(
+                    planned,
+                    name,
+                    job_id,
+                    epochs=config.baseline_fine_tune_epochs,
+                    batches=config.candidate_batches,
+                )
             )
-        )
     search.seconds["allocate"] = round(time.perf_counter() - started, 2)
+    if "mct" in config.baselines:
+        _mct(search)
     search.say(f"step 3/4 apply: fine-tune and measure {len(jobs)} plan(s)")
     return jobs
 
 
-def _uniform_solver(problem: AllocationProblem, target: float, latency: float | None) -> Allocation:
-    return uniform(problem, target, latency)
+def _mct(search: _Search) -> None:
+    """The ``mct`` baseline: MCT's mixed-precision PTQ with the budget as weights memory."""
+    old = search.done.get("mct")
+    if old is not None and old["status"] != "failed":
+        search.say("baseline mct: done in an earlier run, reused")
+        return
+    search.say("baseline mct: Model Compression Toolkit mixed-precision PTQ")
+    try:
+        record = mct_baseline(
+            search.trained.model,
+            search.trained.input_spec,
+            search.dataset,
+            search.budget,
+            search.run_dir / "candidates" / "mct",
+            images=search.config.sensitivity_images,
+            seed=search.config.seed,
+        )
+    except InfeasibleBudgetError as err:
+        search.say(f"baseline mct: infeasible ({err})")
+        record = {**_infeasible("mct", str(err)), "min_bytes": err.min_bytes}
+    search.record(record)
+
+
+def _baseline_plans(search: _Search, problem: AllocationProblem, name: str) -> list[_Planned]:
+    """The plans a baseline fine-tunes: greedy's one, or the best uniform pair of each width.
+
+    The additive model ranks uniform plans poorly at high compression (it sums losses measured
+    one layer at a time), so the uniform baseline fits one pair per bit-width and measures
+    the ``uniform_pairs`` best of them instead of trusting the model's single first choice.
+
+    Raises:
+        InfeasibleBudgetError: If no plan of the baseline fits.
+    """
+    if name == "greedy":
+        return [search.fit(_greedy_solver, problem, search.budget, name)]
+    widths = sorted({b for o in problem.layers.values() for b in o.options if b is not None})
+    plans, error = [], None
+    for width in widths:
+        solver = functools.partial(_uniform_solver, bits=width)
+        try:
+            plans.append(search.fit(solver, problem, search.budget, name))
+        except InfeasibleBudgetError as err:
+            error = err
+    if not plans:
+        raise error or InfeasibleBudgetError("no uniform plan", minimum_bytes(problem))
+    plans.sort(key=lambda p: (p.allocation.predicted_cost, -p.bytes))
+    return plans[: search.config.uniform_pairs]
+
+
+def _uniform_solver(
+    problem: AllocationProblem, target: float, latency: float | None, bits: int
+) -> Allocation:
+    return uniform(problem, target, latency, bits_options=[bits])
 
 
 def _greedy_solver(problem: AllocationProblem, target: float, latency: float | None) -> Allocation:
@@ -729,7 +800,7 @@ def _finish(search: _Search, final: dict[str, Any]) -> StageResult:
     input_record = {**input_record, "latency_ms": timing["input"]}
     final = {**final, "latency_ms": timing["final"]}
     record["latency_ms"] = {"bs1": timing["final"]}
-    for kinds, phase in ((("baic",), "candidates"), (("uniform", "greedy"), "baselines")):
+    for kinds, phase in ((("baic",), "candidates"), (("uniform", "greedy", "mct"), "baselines")):
         search.seconds[phase] = round(
             sum(
                 r.get("seconds") or 0
@@ -819,11 +890,14 @@ def _summary(
     from satcompress.compress.plan import CompressionPlan
 
     plan = CompressionPlan.from_dict(final["plan"])
-    baselines = {
-        r["kind"]: {k: r.get(k) for k in ("bytes", "accuracy", "status", "label")}
-        for r in search.done.values()
-        if r["kind"] in ("uniform", "greedy")
-    }
+    baselines = {}
+    for r in search.done.values():  # the best measured of each kind (several uniform pairs)
+        if r["kind"] in ("uniform", "greedy", "mct"):
+            shown = baselines.get(r["kind"])
+            if shown is None or (r.get("accuracy") or 0) > (shown.get("accuracy") or 0):
+                baselines[r["kind"]] = {
+                    k: r.get(k) for k in ("bytes", "predicted_bytes", "accuracy", "status", "label")
+                }
     best = search.best()
     return {
         "budget_bytes": search.budget,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from satcompress.config import Config, ConfigError
 from satcompress.preprocess.config import AugmentConfig
@@ -25,6 +26,9 @@ class TrainConfig(Config):
         model_kwargs: Extra keyword arguments for the model builder (e.g. ``width_mult``).
         pretrained: Start from the library's pretrained weights (needs network).
         weights: Start from a local weights file (safetensors or a weights-only checkpoint).
+        new_head: With ``weights``: load everything but the classifier from the file, and train
+            a new classifier for this dataset's classes (fine-tune weights trained on
+            another dataset); the card records the file, its sha256 and its class count.
         dataset: ``eurosat``, ``ucmerced`` or ``imagefolder``.
         data_dir: Folder that holds the dataset (see ``satcompress data info``).
         split_dir: Folder of split files; ``None`` = auto-detect, else a seeded stratified split.
@@ -76,6 +80,7 @@ class TrainConfig(Config):
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     pretrained: bool = False
     weights: str | None = None
+    new_head: bool = False
     dataset: str = "eurosat"
     data_dir: str = "data"
     split_dir: str | None = None
@@ -113,14 +118,15 @@ class TrainConfig(Config):
     limit_batches: int | None = None
     channels_last: bool = True
 
+    #: Fields that hold a path (relative ones are to the working folder).
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("data_dir", "split_dir", "weights")
+
     def __post_init__(self) -> None:
-        if isinstance(self.augment, dict):
-            self.augment = AugmentConfig.from_dict(self.augment)
+        super().__post_init__()  # types checked: mean and std are numbers, stored as floats
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, tuple(float(v) for v in value))
-        super().__post_init__()
 
     def validate(self) -> None:
         """Reject impossible values with a message naming the option."""
@@ -156,6 +162,29 @@ class TrainConfig(Config):
             )
         if self.pretrained and self.weights:
             raise ConfigError("give either pretrained=True or weights=FILE, not both")
+        if self.new_head and not self.weights:
+            raise ConfigError(
+                "new_head (--new-head) replaces the classifier of a weights file: give "
+                "weights=FILE (--weights FILE) too"
+            )
+
+    def with_absolute_paths(self) -> TrainConfig:
+        """This config with its paths (:attr:`PATH_FIELDS`) absolute, as runs record them.
+
+        A run's ``config.yaml``, card and record then name the same data from any working
+        folder. An empty ``data_dir`` (a fine-tune on its source model's data) stays empty.
+        """
+        changes = {}
+        for name in self.PATH_FIELDS:
+            value = getattr(self, name)
+            if value and absolute_path(value) != value:
+                changes[name] = absolute_path(value)
+        return self.replace(**changes) if changes else self
+
+
+def absolute_path(path: str | Path) -> str:
+    """``path`` (``~`` expanded, relative to the working folder) as an absolute string."""
+    return str(Path(path).expanduser().resolve())
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,20 @@ from torch import nn
 from satcompress.card import CARD_FORMAT, DataSource, serialize_config
 from satcompress.config import ConfigError
 from satcompress.data import SceneDataModule, SceneDataset, load_dataset
-from satcompress.models import create_model, model_info
+from satcompress.models import model_info
 from satcompress.models.weights import save_weights
 from satcompress.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec
-from satcompress.train.config import TrainConfig
+from satcompress.train.checkpoint_io import (
+    AtomicCheckpointIO,
+    previous_path,
+    remove_partial_writes,
+    resume_checkpoint,
+)
+from satcompress.train.config import TrainConfig, absolute_path
+from satcompress.train.initial import initial_model
 from satcompress.train.task import ClassificationTask, TrainingLoss
 from satcompress.utils.io import atomic_write_bytes, atomic_write_json, file_digest
+from satcompress.utils.lock import holds_run_lock, secondary_rank
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +183,7 @@ def load_config_dataset(config: TrainConfig, progress: bool = True) -> SceneData
     )
 
 
+@holds_run_lock
 def train(
     config: TrainConfig,
     run_dir: str | Path,
@@ -189,7 +200,10 @@ def train(
     The run directory receives ``config.yaml`` (the resolved configuration), the split
     files actually used, Lightning checkpoints (``checkpoints/last.ckpt`` for ``resume``),
     ``model.safetensors`` (best validation weights) with its card ``model.json``, metrics
-    logs and ``train_summary.json``.
+    logs and ``train_summary.json``. It holds the run directory's lock throughout (a second
+    writer fails at once); checkpoints are written atomically, and ``resume`` reads them
+    weights-only, falling back to the one before a damaged ``last.ckpt``
+    (:mod:`satcompress.train.checkpoint_io`).
 
     Args:
         config: What to train and how.
@@ -203,11 +217,18 @@ def train(
 
     Returns:
         A :class:`TrainResult` with the trained model and where things were written.
+
+    Raises:
+        RunDirLockedError: Another process is writing ``run_dir``.
+        CheckpointError: ``resume`` finds no usable checkpoint (damaged or refused).
+        KeyboardInterrupt: On Ctrl-C (Lightning's own exit is turned back into it).
     """
     run_dir = Path(run_dir)
+    config = config.with_absolute_paths()  # config.yaml and card name the data from anywhere
     ckpt_dir = run_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last.ckpt"
-    _prepare_run_dir(config, run_dir, resume, last_ckpt)
+    checkpoint_io = AtomicCheckpointIO()
+    resume_from = _prepare_run_dir(config, run_dir, resume, last_ckpt, checkpoint_io)
     if config.threads:
         torch.set_num_threads(config.threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -218,17 +239,13 @@ def train(
     counts = ", ".join(f"{len(s.labels)} {name}" for name, s in dataset.splits.items())
     log.info(
         "data: %s at %s (%s); split: %s; input %s, mean %s, std %s",
-        dataset.name, dataset.root, counts, dataset.split_source, spec.size or "native",
+        dataset.name, dataset.root, counts, dataset.split_source,
+        "x".join(map(str, spec.size or dataset.image_size)),
         spec.mean, spec.std,
     )  # fmt: skip
+    initial = None  # what the card records of the starting weights
     if model is None:
-        model = create_model(
-            config.model,
-            len(dataset.classes),
-            pretrained=config.pretrained,
-            weights=config.weights,
-            **config.model_kwargs,
-        )
+        model, initial = initial_model(config, len(dataset.classes))
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     task = ClassificationTask(model, spec, config, len(dataset.classes), loss=loss)
@@ -239,11 +256,9 @@ def train(
         num_workers=config.num_workers,
         seed=config.seed,
     )
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max", save_last=True
-    )
+    checkpoint, last = _checkpoint_callbacks(ckpt_dir)
     throughput = ThroughputMonitor()
-    all_callbacks: list[Callback] = [checkpoint, throughput, *(callbacks or [])]
+    all_callbacks: list[Callback] = [checkpoint, last, throughput, *(callbacks or [])]
     if progress and not sys.stderr.isatty():
         all_callbacks.append(EpochReport(throughput))
     if config.ema_decay is not None:
@@ -264,8 +279,9 @@ def train(
         limit_val_batches=config.limit_batches,
         deterministic=False,
         log_every_n_steps=10,
+        plugins=_checkpoint_plugins(config.strategy, checkpoint_io),
     )
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last_ckpt) if resume else None)
+    _fit(trainer, task, datamodule, resume_from)
     wall = throughput.wall_s
 
     best = Path(checkpoint.best_model_path or last_ckpt)
@@ -285,6 +301,8 @@ def train(
         {"stage": "train", "config": serialize_config(config), "input_card_hash": None}
     ]
     card["val_accuracy"] = summary["best_val_accuracy"]
+    if initial is not None:
+        card["initial_weights"] = initial
     if trainer.is_global_zero:
         save_weights(model, weights_path)
         card["weights_sha256"] = file_digest(weights_path, "sha256")
@@ -320,24 +338,96 @@ def make_card(
     }
 
 
-def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool, last_ckpt: Path) -> None:
+def _prepare_run_dir(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    last_ckpt: Path,
+    checkpoint_io: AtomicCheckpointIO,
+) -> str | None:
+    """Check the run directory and write ``config.yaml``; the checked checkpoint to resume."""
     saved = run_dir / "config.yaml"
+    resume_from = None
     if resume:
-        if not last_ckpt.is_file():
+        if not last_ckpt.is_file() and not previous_path(last_ckpt).is_file():
             raise ConfigError(f"nothing to resume: {last_ckpt} does not exist")
         if saved.is_file():
             _check_same_config(config, yaml.safe_load(saved.read_text()) or {}, saved)
+        _remove_partial_writes(last_ckpt.parent)
+        path, checkpoint = resume_checkpoint(last_ckpt)
+        checkpoint_io.preload(path, checkpoint)  # checked once, not read twice
+        resume_from = str(path)
     elif last_ckpt.is_file() or (run_dir / "model.safetensors").is_file():
         raise ConfigError(
             f"{run_dir} already holds a training run; pass --resume to continue it or choose "
             "another --run-dir"
         )
+    else:
+        _remove_partial_writes(last_ckpt.parent)
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     atomic_write_bytes(saved, text.encode())
+    return resume_from
+
+
+def _remove_partial_writes(ckpt_dir: Path) -> None:
+    """Delete the temporary files of interrupted saves (on rank 0, the one that saves)."""
+    if not secondary_rank():
+        remove_partial_writes(ckpt_dir)
+
+
+def _checkpoint_callbacks(ckpt_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``best.ckpt`` (best ``val/acc``) and ``last.ckpt`` (every epoch, what resume reads).
+
+    Lightning's own ``save_last`` rewrites ``last.ckpt`` only in an epoch that also saved a
+    new best, so a resumed run would repeat the epochs since then; a second callback without
+    a monitor saves it every epoch. No version counter: a name taken is overwritten (the
+    lock rules out a second writer), never turned into ``best-v1.ckpt``.
+    """
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/acc", mode="max",
+                           enable_version_counter=False)  # fmt: skip
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
+    return best, last
+
+
+def _checkpoint_plugins(strategy: Any, checkpoint_io: AtomicCheckpointIO) -> list[Any]:
+    """The checkpoint I/O plugin where the strategy saves through one (rank 0 writes a file)."""
+    if isinstance(strategy, str) and (strategy == "auto" or strategy.startswith(_PLAIN)):
+        return [checkpoint_io]
+    log.info("strategy %s writes its own checkpoints (not through satcompress's atomic saves)",
+             strategy)  # fmt: skip
+    return []
+
+
+#: Strategies that save one file through the ``CheckpointIO`` plugin.
+_PLAIN = ("ddp", "single_device", "dp")
+
+
+def _fit(
+    trainer: L.Trainer, task: ClassificationTask, datamodule: Any, ckpt_path: str | None
+) -> None:
+    """``trainer.fit``; Ctrl-C comes out as ``KeyboardInterrupt`` with its handler restored.
+
+    On Ctrl-C Lightning tears down, ignores further Ctrl-C and calls ``sys.exit(1)``: the
+    command would end silently with status 1 instead of saying how to resume.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if in_main else None
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit as err:
+        if isinstance(err.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
 
 
 def _check_same_config(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
     current = config.to_dict()
+    # runs written before paths were stored absolute, or before a field existed (its default)
+    saved = {**type(config)().to_dict(), **saved}
+    saved.update({k: absolute_path(saved[k]) for k in config.PATH_FIELDS if saved.get(k)})
     ignored = {"limit_batches", "threads", "num_workers"}
     changed = sorted(
         k for k in set(current) | set(saved) if k not in ignored and current.get(k) != saved.get(k)

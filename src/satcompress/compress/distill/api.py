@@ -16,17 +16,18 @@ from satcompress.compress.distill.loss import DistillationLoss
 from satcompress.compress.distill.teacher import Teacher, check_teacher_classes, load_teacher
 from satcompress.config import ConfigError
 from satcompress.data import SceneDataset
-from satcompress.models import create_model
 from satcompress.preprocess import InputSpec
 from satcompress.train import TrainConfig, TrainResult, load_config_dataset, resolve_input_spec
 from satcompress.train import train as train_model
 from satcompress.utils.io import atomic_write_bytes, atomic_write_json
+from satcompress.utils.lock import holds_run_lock
 
 log = logging.getLogger(__name__)
 
 DISTILL_FILE = "distill.yaml"
 
 
+@holds_run_lock
 def distill(
     config: TrainConfig,
     distill_config: DistillConfig,
@@ -84,7 +85,7 @@ def distill(
     )
     check_teacher_classes(found, dataset.classes, dataset.name, dataset.image_size)
     L.seed_everything(config.seed, workers=True, verbose=False)  # as train() before its model
-    student = model if model is not None else _create_student(config, dataset)
+    student, initial = (model, None) if model is not None else _create_student(config, dataset)
     loss = DistillationLoss(
         found.model,
         found.input_spec,
@@ -112,6 +113,8 @@ def distill(
         )
     finally:
         loss.remove_hooks()
+    if initial is not None:
+        result.card["initial_weights"] = initial
     _finish(result, loss, recipe)
     return result
 
@@ -128,14 +131,13 @@ def distill_recipe(
     return recipe
 
 
-def _create_student(config: TrainConfig, dataset: SceneDataset) -> nn.Module:
-    return create_model(
-        config.model,
-        len(dataset.classes),
-        pretrained=config.pretrained,
-        weights=config.weights,
-        **config.model_kwargs,
-    )
+def _create_student(
+    config: TrainConfig, dataset: SceneDataset
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The student (``--weights``/``--new-head`` as in training) and its starting weights."""
+    from satcompress.train.initial import initial_model
+
+    return initial_model(config, len(dataset.classes))
 
 
 def _save_settings(run_dir: Path, recipe: dict[str, Any], resume: bool) -> None:

@@ -51,6 +51,7 @@ from satcompress.models.stats import count_macs, count_params
 from satcompress.preprocess import InputSpec
 from satcompress.train import TrainConfig, make_card, train
 from satcompress.utils.io import atomic_write_json, file_digest
+from satcompress.utils.lock import holds_run_lock
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class _Run:
     callbacks: list[Callback]
 
 
+@holds_run_lock
 def prune(
     model: nn.Module | TrainedModel | Any | str | Path,
     dataset: SceneDataset,

@@ -28,6 +28,7 @@ from satcompress.compress.prune.transformers import (
 from satcompress.data import SceneDataset
 from satcompress.preprocess import InputSpec
 from satcompress.utils.io import atomic_write_bytes, atomic_write_json
+from satcompress.utils.lock import holds_run_lock
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ TABLE_FILE = "vit_layers.txt"
 PLOT_FILE = "vit_layers.png"
 
 
+@holds_run_lock
 def vit_layer_importance(
     model: nn.Module,
     dataset: SceneDataset,

@@ -134,11 +134,10 @@ class QATConfig(Config):
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.distill, dict):
-            self.distill = DistillConfig.from_dict(self.distill)
         if self.teacher is not None:
             self.teacher = str(self.teacher)
-        self.bits_map = {str(k): v for k, v in dict(self.bits_map or {}).items()}
+        if isinstance(self.bits_map, dict):
+            self.bits_map = {str(k): v for k, v in self.bits_map.items()}
         super().__post_init__()
 
     def validate(self) -> None:

@@ -57,6 +57,7 @@ from satcompress.models.weights import save_weights
 from satcompress.preprocess import InputSpec, Preprocess
 from satcompress.train import TrainConfig, TrainResult, load_config_dataset, make_card, train
 from satcompress.utils.io import atomic_write_bytes, atomic_write_json, file_digest
+from satcompress.utils.lock import holds_run_lock
 
 with warnings.catch_warnings():  # Brevitas warns at import about optional CUDA kernels
     warnings.simplefilter("ignore")
@@ -561,6 +562,7 @@ def qat_train_config(
     return TrainConfig.from_dict(values)
 
 
+@holds_run_lock
 def qat(
     checkpoint: str | Path | TrainedModel,
     config: QATConfig,
