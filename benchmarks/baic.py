@@ -149,7 +149,7 @@ def search_row(args: Any, datasets: _Datasets, row: str, records: RecordList) ->
         candidate_batches=args.candidate_batches, final_epochs=args.final_epochs,
         workers=args.workers, baselines=tuple(args.baselines),
     )  # fmt: skip
-    run_dir = args.runs_dir / "baic" / _row_id(row, args.baselines)
+    run_dir = args.runs_dir / "baic" / row  # other baselines resume the row's search
     started = time.perf_counter()
     result = baic(source, dataset, config, run_dir)
     summary = result.details

@@ -112,6 +112,11 @@ def test_interrupted_search_resumes_from_the_last_finished_candidate(
     assert (tmp_path / "r" / "model.satc").stat().st_size <= result.details["budget_bytes"]
     with pytest.raises(ConfigError, match="other settings"):
         baic(trained_cnn, None, BAICConfig(budget="3x", **FAST), tmp_path / "r", progress=False)
+    # how it runs and which baselines sit beside it may change: the search itself is reused
+    calls.clear()
+    fewer = BAICConfig(budget="4x", baselines=("uniform",), uniform_pairs=1, **FAST)
+    again = baic(trained_cnn, None, fewer, tmp_path / "r", progress=False)
+    assert calls == [] and again.details["bytes"] == result.details["bytes"]
 
 
 def test_uniform_baseline_is_one_bit_width_everywhere(trained_cnn, tmp_path):

@@ -387,6 +387,13 @@ def _printer(progress: bool) -> Callable[[str], None]:
     return say
 
 
+#: Settings a resumed search may change: how it runs, and baselines added beside the search
+#: (a baseline's result is kept by its id; none of them changes a BAIC candidate).
+FREE_ON_RESUME = frozenset(
+    {"workers", "executor", "ray_address", "time_limit", "baselines", "uniform_pairs"}
+)
+
+
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """Saved settings with the defaults of options added since (a run resumes across them)."""
     try:
@@ -398,18 +405,17 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
 def _claim(run_dir: Path, config: BAICConfig) -> None:
     """Create the run directory, or check that it holds this same search (resume)."""
     path = run_dir / CONFIG_FILE
-    settings = config.to_dict()
+    settings = json.loads(json.dumps(config.to_dict()))
     if path.is_file():
         saved = _with_defaults(json.loads(path.read_text()))
-        if saved != json.loads(json.dumps(settings)):
-            changed = sorted(
-                k for k in settings if saved.get(k) != json.loads(json.dumps(settings.get(k)))
-            )
+        changed = sorted(
+            k for k in settings if saved.get(k) != settings[k] and k not in FREE_ON_RESUME
+        )
+        if changed:
             raise ConfigError(
                 f"{run_dir} holds a BAIC run with other settings ({', '.join(changed)}): use "
                 "another --run-dir, or the same settings to resume it"
             )
-        return
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, settings)
 
