@@ -26,6 +26,7 @@ FAST = {
     "final_epochs": 1,
     "bits": (8, 4, 2),
     "channel_ratios": (0.5,),
+    "uniform_pairs": 1,
 }
 
 
@@ -114,14 +115,14 @@ def test_interrupted_search_resumes_from_the_last_finished_candidate(
         baic(trained_cnn, None, BAICConfig(budget="3x", **FAST), tmp_path / "r", progress=False)
     # how it runs and which baselines sit beside it may change: the search itself is reused
     calls.clear()
-    fewer = BAICConfig(budget="4x", baselines=("uniform",), uniform_pairs=1, **FAST)
+    fewer = BAICConfig(budget="4x", baselines=("uniform",), workers=2, **FAST)
     again = baic(trained_cnn, None, fewer, tmp_path / "r", progress=False)
     assert calls == [] and again.details["bytes"] == result.details["bytes"]
 
 
 def test_uniform_baseline_is_one_bit_width_everywhere(trained_cnn, tmp_path):
     config = BAICConfig(
-        budget="4x", baselines=("uniform",), uniform_pairs=2, **{**FAST, "candidates": 1}
+        budget="4x", baselines=("uniform",), **{**FAST, "candidates": 1, "uniform_pairs": 2}
     )
     result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
     records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]

@@ -455,3 +455,31 @@ def test_a_class_without_training_images_is_refused(tmp_path):
 def test_how_to_continue_needs_a_handler():
     args = argparse.Namespace(handler=lambda a: 0)
     assert "nothing" in how_to_continue(args)
+
+
+# -- atomic result files ------------------------------------------------------------------------
+
+WRITER = """
+import sys, time
+from satcompress.utils.io import atomic_open
+with atomic_open(sys.argv[1], "w") as handle:
+    handle.write('{"rows": [1, 2, ')  # half a JSON document, then killed
+    handle.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+    handle.write('3]}')
+"""
+
+
+def test_kill_9_during_a_result_write_leaves_the_previous_file_whole(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text('{"rows": [1]}')
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert json.loads(path.read_text()) == {"rows": [1]}  # the old file, not half a new one
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "results.json"]
+    assert all(name.endswith(".tmp") for name in leftovers)  # at most a stray temporary file

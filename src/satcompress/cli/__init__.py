@@ -24,6 +24,7 @@ from satcompress.cli import artifact as artifact_commands
 from satcompress.cli import baic as baic_commands
 from satcompress.cli import prune as prune_commands
 from satcompress.cli import quantize as quantize_commands
+from satcompress.cli import report as report_commands
 from satcompress.cli import sign as sign_commands
 from satcompress.cli import study as study_commands
 from satcompress.cli.baic import cmd_baic
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     sign_commands.add_commands(commands)
     baic_commands.add_commands(commands)
     study_commands.add_commands(commands)
+    report_commands.add_commands(commands)
 
     evaluate = commands.add_parser("eval", help="accuracy, size and latency of a trained model")
     source = evaluate.add_argument_group("model")

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from satcompress.experiments.store import RecordList
 from satcompress.train.config import TrainConfig
 
 #: Recipe settings that say where and how fast a run went, not what it learnt.
@@ -120,6 +119,8 @@ def ablation_table(paths: Sequence[Path]) -> str:
     Returns:
         The table.
     """
+    from satcompress.experiments.store import RecordList  # imports torch: only when used
+
     rows = []
     for path in paths:
         for r in RecordList(path).records:

@@ -1,0 +1,332 @@
+"""satcompress report: figures, report.md/html and README sections from a study's store alone."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from satcompress.cli import main
+from satcompress.experiments.study import Study
+from satcompress.report import build_report, headline_markdown, load_study, technique
+from satcompress.report.diagram import pipeline_layout
+from satcompress.report.document import MARKERS, replace_section
+from satcompress.report.figures import FIGURES, parse_vit_table
+from satcompress.report.records import (
+    BAIC,
+    FP32,
+    KD,
+    OTHER,
+    PRUNE_STRUCTURED,
+    PRUNE_UNSTRUCTURED,
+    PTQ,
+    QAT,
+    bits_label,
+    sparsity,
+)
+
+CPU = {"model": "Test CPU", "cores": 2, "flags": ["avx2", "avx512f"]}
+CLASSES = ["Forest", "River", "Highway"]
+ALL_FIGURES = {spec.file for spec in FIGURES} | {"pipeline.png"}
+
+
+def _record(rid, model, dataset, accuracy, size, fmt, recipe, **extra):
+    return {
+        "id": rid, "schema": "satcompress.record/1", "model": model, "dataset": dataset,
+        "split": "test", "recipe": recipe, "accuracy": accuracy, "params": 1000, "macs": 1000,
+        "size_bytes": size, "format": fmt, "latency_ms": {"bs1": 3.25, "bs64": 101.5},
+        "latency": {"cpu": CPU}, "classes": CLASSES,
+        "confusion_matrix": [[9, 1, 0], [0, 10, 0], [1, 0, 9]], **extra,
+    }  # fmt: skip
+
+
+def _qat(bits):
+    return {"stage": "quantize", "method": "qat", "qat": {"bits": bits}}
+
+
+def _records():
+    blocks = [
+        {"block": i, "removed_accuracy": 0.8, "removed_drop": 0.06 - 0.01 * i, "heads": 3,
+         "heads_left": 1, "heads_accuracy": 0.85, "heads_drop": 0.01}
+        for i in range(3)
+    ]  # fmt: skip
+    vit_layers = {"baseline_accuracy": 0.86, "blocks": blocks}
+    baic = {
+        "budget_bytes": 1_000_000, "input": {"accuracy": 0.954815, "bytes": 44_718_668},
+        "candidates": [
+            {"id": "baic-1", "kind": "baic", "bytes": 990_000, "val_accuracy": 0.93},
+            {"id": "uniform", "kind": "uniform", "bytes": 800_000, "val_accuracy": 0.79},
+            {"id": "final", "kind": "baic", "bytes": 994_728, "test_accuracy": 0.955,
+             "chosen": True},
+        ],
+    }  # fmt: skip
+    pruning = {"structured": True, "before": {"params": 1000}, "after": {"params": 500}}
+    return [
+        _record("r18-fp32", "resnet18", "eurosat", 0.954815, 44_718_668, "onnx-fp32",
+                {"stage": "fp32"}),
+        _record("r18-ptq", "resnet18", "eurosat", 0.955556, 10_237_026, "artifact-int8",
+                {"stage": "quantize", "method": "ptq", "ptq": {}},
+                artifact={"stats": {"weight_bits": [8]}}),
+        _record("r18-qat-w2", "resnet18", "eurosat", 0.954444, 2_233_376, "artifact-int2-mixed",
+                _qat(2), artifact={"stats": {"weight_bits": [2, 8]}}),
+        _record("r18-qat-w4", "resnet18", "eurosat", 0.953704, 5_076_522, "artifact-int4-mixed",
+                _qat(4)),
+        _record("r18-1MB", "resnet18", "eurosat", 0.955, 994_728, "artifact-int1-mixed", {},
+                baic=baic, artifact={"stats": {"weight_bits": [1, 2, 4, 8]}}),
+        _record("r18-l1", "resnet18", "eurosat", 0.950556, 10_355_792, "artifact-fp32",
+                {"stage": "prune", "prune": {"method": "l1"}}, pruning=pruning),
+        _record("r18-mag", "resnet18", "eurosat", 0.95537, 4_509_054, "artifact-fp32",
+                {"stage": "prune", "prune": {"method": "magnitude"}},
+                pruning={"structured": False, "sparsity": 0.9}),
+        _record("mnv2-kd", "mobilenet_v2", "eurosat", 0.931667, 2_809_589, "onnx-fp32",
+                {"stage": "distill", "model_kwargs": {"width_mult": 0.5}}),
+        _record("vit", "vit_tiny_patch16", "eurosat", 0.856852, 22_114_324, "onnx-fp32",
+                {"stage": "train"}, vit_layers=vit_layers),
+        _record("uc-r18", "resnet18", "ucmerced", 0.864286, 44_741_405, "onnx-fp32",
+                {"stage": "train"}),
+        _record("uc-r18-qat", "resnet18", "ucmerced", 0.871, 2_240_000, "artifact-int2-mixed",
+                _qat(2)),
+    ]  # fmt: skip
+
+
+def _study(root, records):
+    results = root / "results.json"
+    results.write_text(json.dumps(records))
+    with Study(root / "study") as study:
+        study.import_results(results)
+    return root / "study"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return _study(tmp_path_factory.mktemp("report"), _records())
+
+
+@pytest.fixture(scope="module")
+def report(study, tmp_path_factory):
+    return build_report(study, tmp_path_factory.mktemp("visuals"))
+
+
+# -- classification ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        ({"format": "onnx-fp32", "recipe": {"stage": "train"}}, FP32),
+        ({"format": "onnx-fp32", "recipe": {"stage": "fp32"}}, FP32),
+        ({"format": "onnx-fp32", "recipe": {"stage": "distill"}}, KD),
+        ({"format": "artifact-int8", "recipe": {"stage": "quantize", "method": "ptq"}}, PTQ),
+        ({"format": "artifact-int2-mixed", "recipe": _qat(2)}, QAT),
+        ({"format": "onnx-int8", "recipe": {"stage": "nncf-default"}}, PTQ),
+        ({"format": "artifact-fp32", "recipe": {"stage": "prune", "prune": {"method": "l1"}}},
+         PRUNE_STRUCTURED),
+        ({"format": "artifact-fp32",
+          "recipe": {"stage": "prune", "prune": {"method": "magnitude"}}}, PRUNE_UNSTRUCTURED),
+        ({"format": "artifact-fp32", "pruning": {"structured": False}, "recipe": {}},
+         PRUNE_UNSTRUCTURED),
+        ({"format": "artifact-int1-mixed", "recipe": {}, "baic": {"budget_bytes": 1}}, BAIC),
+        # an evaluate stage's record: the lineage names the stage that made the model
+        ({"format": "artifact-int4-mixed", "recipe": {"stage": "eval"},
+          "lineage": [{"stage": "train"}, {"stage": "quantize", "config": {"type": "QATConfig"}}]},
+         QAT),
+        ({"format": "artifact-int1-mixed", "recipe": {"stage": "eval"},
+          "lineage": [{"stage": "train"}, {"stage": "baic", "config": {}}]}, BAIC),
+        ({"format": "artifact-int8", "recipe": {}}, PTQ),
+        ({"format": "artifact-int8", "recipe": {}, "train": {"epochs": 1}}, QAT),
+        ({"format": "onnx-fp32", "recipe": {}, "sparsity": 0.5}, PRUNE_UNSTRUCTURED),
+        ({"format": "none", "recipe": {}}, OTHER),
+        ({"recipe": "not a dict"}, OTHER),
+    ],
+)  # fmt: skip
+def test_technique_from_record_fields(record, expected):
+    assert technique(record) == expected
+
+
+def test_bits_and_sparsity_from_record_fields():
+    mixed = {"format": "artifact-int2-mixed", "artifact": {"stats": {"weight_bits": [8, 2]}}}
+    assert bits_label(mixed) == "2/8"
+    assert bits_label({"format": "artifact-int1-mixed",
+                       "artifact": {"stats": {"weight_bits": [1, 2, 4, 8]}}}) == "1-8"  # fmt: skip
+    assert bits_label({"format": "onnx-fp32"}) == "32"
+    assert bits_label({"format": "onnx-int8"}) == "8"
+    assert sparsity({"sparsity": 0.5}) == 0.5
+    assert sparsity({"pruning": {"structured": True, "before": {"params": 100},
+                                 "after": {"params": 25}}}) == 0.75  # fmt: skip
+    assert sparsity({"format": "onnx-fp32"}) is None
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def test_every_figure_with_data_is_drawn(report):
+    assert set(report.figures) == ALL_FIGURES
+    assert report.skipped == {}
+    for path in report.figures.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > 5_000
+
+
+def test_report_md_holds_the_store_numbers(report):
+    text = report.markdown.read_text()
+    for number in ("95.48%", "44,718,668", "95.50%", "994,728", "95.44%", "2,233,376",
+                   "93.17%", "2,809,589", "86.43%", "44,741,405", "3.25", "101.50"):  # fmt: skip
+        assert number in text, number
+    assert "| resnet18 | QAT | 95.44% | 2,233,376 | 20.0x | 2/8 | — |" in text
+    assert "| resnet18 | pruning (unstructured) | 95.54% | 4,509,054 | 9.9x | 32 | 90% |" in text
+    assert "Test CPU (AVX-512)" in text
+    for name in report.figures:
+        assert f"]({name})" in text
+
+
+def test_headline_rows_come_from_the_store(study):
+    text = headline_markdown(load_study(study).entries)
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if "|" in line}
+    assert "**95.48%** | 44,718,668 | 1.0x | 32 | 3.25" in rows["fp32"]
+    assert "**95.56%** | 10,237,026 | 4.4x | 8" in rows["PTQ int8"]
+    assert "**95.44%** | 2,233,376 | 20.0x | 2/8" in rows["QAT 2-bit"]
+    assert "**95.50%** | 994,728 | 45.0x | 1-8" in rows["BAIC ≤ 1 MB"]
+    assert "mobilenet_v2 | **93.17%** | 2,809,589" in rows["KD student mobilenet_v2 (width 0.5)"]
+    assert "Headline results on eurosat (resnet18)" in text
+
+
+def test_report_html_is_self_contained(report):
+    page = report.html.read_text()
+    assert page.count("data:image/png;base64,") == len(ALL_FIGURES)
+    assert "<table>" in page and '<td class="r">44,718,668</td>' in page
+    assert "<strong>95.50%</strong>" in page
+    for external in ('src="http', 'href="http', "<script src", "<link"):
+        assert external not in page
+
+
+def test_missing_data_is_skipped_and_said(tmp_path):
+    records = [_record("a", "resnet18", "eurosat", 0.9, 1_000_000, "onnx-fp32",
+                       {"stage": "train"}, confusion_matrix=None)]  # fmt: skip
+    result = build_report(_study(tmp_path, records))
+    assert result.out_dir == tmp_path / "study" / "visuals"
+    assert set(result.figures) == {"accuracy-vs-bytes.png", "pipeline.png"}
+    text = result.markdown.read_text()
+    for name in ("PTQ against QAT", "pruning by sparsity", "EuroSAT and UC Merced",
+                 "ViT layer importance", "Confusion matrices", "search trajectory"):  # fmt: skip
+        line = next(line for line in text.splitlines() if name in line)
+        assert "skipped, no data in the study (needs " in line
+    assert not (result.out_dir / "ptq-vs-qat.png").exists()
+    assert "Not in the study yet (PTQ int8: needs a PTQ record at 8 bits" in text
+
+
+def test_an_empty_study_reports_without_crashing(tmp_path):
+    Study(tmp_path / "empty").close()
+    result = build_report(tmp_path / "empty")
+    assert set(result.figures) == {"pipeline.png"}
+    assert "Accuracy against deployable bytes**: skipped" in result.markdown.read_text()
+
+
+def test_no_study_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no study"):
+        build_report(tmp_path)
+
+
+def test_stale_figures_of_skipped_data_are_removed(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ptq-vs-qat.png").write_bytes(b"old")
+    Study(tmp_path / "s").close()
+    build_report(tmp_path / "s", out)
+    assert not (out / "ptq-vs-qat.png").exists()
+
+
+def test_vit_table_text_parses_back():
+    text = ("baseline accuracy 86.40% (1000 images)\nblock   removed   heads   heads pruned\n"
+            "0           62.70 (-23.7)     3->1     79.90 ( -6.5)\n"
+            "1           86.40 ( -0.0)     3->1     86.00 ( -0.4)")  # fmt: skip
+    result = parse_vit_table(text)
+    assert result["baseline_accuracy"] == pytest.approx(0.864)
+    assert [r["block"] for r in result["blocks"]] == [0, 1]
+    assert result["blocks"][0]["removed_drop"] == pytest.approx(0.237)
+    assert result["blocks"][0]["heads_left"] == 1
+    assert parse_vit_table("nothing here") is None
+
+
+def test_pipeline_layout_follows_the_stage_registry():
+    layout = pipeline_layout()
+    placed = [name for _, names in layout.columns for name in names]
+    for kind in ("train", "distill", "prune", "quantize", "baic", "evaluate", "vit_layers"):
+        assert kind in placed
+    assert set(layout.teacher) >= {"distill", "prune", "quantize", "baic"}
+    custom = pipeline_layout({"train": ("config",), "sparsify": ("from", "config")},
+                             runnable=("train", "sparsify"), measuring=())  # fmt: skip
+    assert ("compress it", ["sparsify"]) in custom.columns
+
+
+# -- README sections --------------------------------------------------------------------------
+
+
+def _readme(path):
+    start, end = MARKERS["headline"]
+    fig_start, fig_end = MARKERS["figure"]
+    path.write_text(f"# Title\n\nIntro.\n\n{start}\nold numbers\n{end}\n\n"
+                    f"{fig_start}\n{fig_end}\n\nThe rest.\n")  # fmt: skip
+    return path
+
+
+def test_readme_sections_are_replaced_and_idempotent(study, tmp_path):
+    readme = _readme(tmp_path / "README.md")
+    out = tmp_path / "visuals"
+    assert main(["report", str(study), "--out", str(out), "--readme", str(readme)]) == 0
+    first = readme.read_text()
+    assert "old numbers" not in first
+    assert "| fp32 | resnet18 | **95.48%** | 44,718,668 |" in first
+    assert "![Accuracy against deployable bytes](visuals/accuracy-vs-bytes.png)" in first
+    assert first.startswith("# Title\n\nIntro.\n\n") and first.endswith("\n\nThe rest.\n")
+    assert main(["report", str(study), "--out", str(out), "--readme", str(readme)]) == 0
+    assert readme.read_text() == first
+
+
+def test_readme_without_markers_is_an_error(study, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    assert main(["report", str(study), "--out", str(tmp_path / "v"), "--readme",
+                 str(readme)]) == 2  # fmt: skip
+    assert readme.read_text() == "# no markers\n"
+    with pytest.raises(ValueError, match="both"):
+        replace_section(f"{MARKERS['headline'][0]}\nno end", "headline", "x")
+
+
+# -- light imports, the script, a browser -------------------------------------------------------
+
+
+def test_report_runs_without_torch(study, tmp_path):
+    code = (
+        "import sys\nfrom satcompress.report import build_report\n"
+        f"build_report({str(study)!r}, {str(tmp_path)!r})\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_generate_visualizations_script(study, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "generate_visualizations.py"
+    done = subprocess.run([sys.executable, str(script), str(study), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "accuracy-vs-bytes.png").is_file()
+    assert f"figure {tmp_path / 'pipeline.png'}" in done.stdout
+
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(n)), None)  # fmt: skip
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary installed")
+def test_report_html_renders_in_headless_chromium(report, tmp_path):
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+         "--window-size=1280,2000", report.html.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shot.stat().st_size > 20_000  # a blank page is a few kB
