@@ -483,3 +483,16 @@ def test_kill_9_during_a_result_write_leaves_the_previous_file_whole(tmp_path):
     assert json.loads(path.read_text()) == {"rows": [1]}  # the old file, not half a new one
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "results.json"]
     assert all(name.endswith(".tmp") for name in leftovers)  # at most a stray temporary file
+
+
+def test_atomic_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    from satcompress.utils.io import atomic_write_bytes
+
+    umask = os.umask(0o022)
+    try:
+        written = atomic_write_bytes(tmp_path / "model.satc", b"x")
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"x")
+    finally:
+        os.umask(umask)
+    assert written.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
