@@ -173,7 +173,7 @@ def fp32_epoch(args: Any, dataset: Any) -> dict[str, Any]:
         {**{k: v for k, v in trained.card.get("recipe", {}).items()
             if k in TrainConfig.__dataclass_fields__},
          "model": trained.card.get("model", "resnet18"), "epochs": 1, "dataset": "eurosat",
-         "data_dir": str(args.data_dir), "weights": None, "pretrained": False}
+         "data_dir": str(args.data_dir), "weights": None, "new_head": False, "pretrained": False}
     )  # fmt: skip
     run_dir = args.runs_dir / "baic" / "fp32-epoch"
     started = time.perf_counter()

@@ -349,6 +349,10 @@ def test_cli_fine_tunes_another_datasets_weights_with_new_head(
     record = json.loads((tmp_path / "ft" / "record.json").read_text())
     assert record["recipe"]["data_dir"] == str(five)
     assert record["input"]["size"] == [32, 32], "the real input size, not None"
+    # later stages train the fine-tuned model further: its initialisation is not re-applied
+    assert main(["quantize", "--method", "qat", "--checkpoint", "ft", "--bits", "4",
+                 "--epochs", "1", "--run-dir", "q"]) == 0  # fmt: skip
+    assert (tmp_path / "q" / "model.satc").is_file()
 
 
 def test_new_head_without_weights_is_refused():

@@ -177,7 +177,19 @@ def training_recipe(card: Mapping[str, Any]) -> dict[str, Any]:
     The newest lineage entry that trained (``train``, ``distill``, a fine-tuning prune, QAT)
     decides; older cards without lineage give their ``recipe`` (a pruned model's recipe its
     fine-tuning, else its base model's). Cards satcompress did not write give {}.
+
+    How that training was initialised (``weights``, ``pretrained``, ``new_head``) is left
+    out: the model the card describes already holds its weights, and a stage that trains it
+    further starts from them.
     """
+    return {k: v for k, v in _recipe(card).items() if k not in INITIALISATION}
+
+
+#: Recipe fields that say how a training run was initialised, not how it trained.
+INITIALISATION = ("weights", "pretrained", "new_head")
+
+
+def _recipe(card: Mapping[str, Any]) -> dict[str, Any]:
     for entry in reversed(card.get("lineage", [])):
         for key in ("train", "config"):
             found = entry.get(key)

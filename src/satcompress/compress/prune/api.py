@@ -198,6 +198,7 @@ def finetune_config(
         "std": spec.std,
         "input_size": size,
         "weights": None,
+        "new_head": False,
         "pretrained": False,
     }
     if config.finetune_lr is not None:

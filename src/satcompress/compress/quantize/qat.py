@@ -548,6 +548,7 @@ def qat_train_config(
         "model_kwargs": dict(card.get("model_kwargs", recipe.get("model_kwargs", {}))),
         "pretrained": False,
         "weights": None,
+        "new_head": False,
         "epochs": max(1, config.epochs),
         "lr": config.lr if config.lr is not None else base_lr / 10,
         "schedule": "cosine",
