@@ -147,7 +147,6 @@ def test_other_ranks_of_a_multi_process_run_do_not_lock(tmp_path, monkeypatch):
         _stop(holder)
 
 
-@pytest.mark.slow
 def test_two_trains_into_one_folder_one_fails_clearly_nothing_mixed(imagefolder_root, tmp_path):
     run, go = tmp_path / "run", tmp_path / "go"
     seeds, processes = {}, {}
@@ -279,7 +278,6 @@ def test_resume_refuses_a_pickle_payload_without_running_it(
     assert not marker.exists(), "the payload never ran"
 
 
-@pytest.mark.slow
 def test_kill_9_during_a_checkpoint_write_then_resume(imagefolder_root, tmp_path, capsys, caplog):
     run, paused = tmp_path / "run", tmp_path / "paused"
     argv = _train_args(run, imagefolder_root, epochs=4)
