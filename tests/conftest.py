@@ -56,3 +56,18 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").is_file():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(eurosat_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CNN trained one epoch on the fixture EuroSAT: the source of the BAIC tests."""
+    from satcompress.pipeline import run
+    from satcompress.train import TrainConfig
+
+    run_dir = tmp_path_factory.mktemp("baic-cnn") / "t"
+    config = TrainConfig(
+        model="test_cnn", dataset="eurosat", data_dir=str(eurosat_root), epochs=1,
+        batch_size=16, lr=0.05, ema_decay=None,
+    )  # fmt: skip
+    run(config, None, None, run_dir, latency=None)
+    return run_dir

@@ -30,17 +30,6 @@ FAST = {
 }
 
 
-@pytest.fixture(scope="module")
-def trained_cnn(eurosat_root, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("baic-cnn") / "t"
-    config = TrainConfig(
-        model="test_cnn", dataset="eurosat", data_dir=str(eurosat_root), epochs=1,
-        batch_size=16, lr=0.05, ema_decay=None,
-    )  # fmt: skip
-    run(config, None, None, run_dir, latency=None)
-    return run_dir
-
-
 @pytest.mark.parametrize("budget", ["3x", "6x"])
 def test_saved_file_fits_the_budget_and_beats_nothing_silently(trained_cnn, tmp_path, budget):
     result = baic(trained_cnn, None, BAICConfig(budget=budget, **FAST), tmp_path / "r",

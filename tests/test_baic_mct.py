@@ -12,13 +12,12 @@ import pytest
 
 from satcompress.cli import main
 from satcompress.config import ConfigError
-from satcompress.pipeline import load, run
+from satcompress.pipeline import load
 from satcompress.pipeline.data import dataset_for
 from satcompress.search import loop as baic_module
 from satcompress.search.config import BAICConfig
 from satcompress.search.loop import baic
 from satcompress.search.report import MCT_NOTE
-from satcompress.train import TrainConfig
 
 FAST = {
     "sensitivity_images": 16,
@@ -35,17 +34,6 @@ FAST = {
 def mct():
     """MCT, or the test is skipped (before the model is trained)."""
     return pytest.importorskip("model_compression_toolkit")
-
-
-@pytest.fixture(scope="module")
-def trained_cnn(eurosat_root, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("baic-mct-cnn") / "t"
-    config = TrainConfig(
-        model="test_cnn", dataset="eurosat", data_dir=str(eurosat_root), epochs=1,
-        batch_size=16, lr=0.05, ema_decay=None,
-    )  # fmt: skip
-    run(config, None, None, run_dir, latency=None)
-    return run_dir
 
 
 def _kernel_weights(model):
