@@ -349,12 +349,18 @@ def test_ctrl_c_in_training_says_how_to_resume_and_resume_finishes(
 ):
     run = tmp_path / "run"
     _ctrl_c_in_epoch_2(monkeypatch)
-    assert main(_train_args(run, imagefolder_root, epochs=3)) == 130
+    # a shell's background job (nohup ... &) inherits SIGINT ignored: start from Python's own
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(_train_args(run, imagefolder_root, epochs=3)) == 130
+        restored = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     err = capsys.readouterr().err
     last = run / "checkpoints" / "last.ckpt"
     assert f"interrupted; finished epochs are saved in {last}" in err
     assert "rerun the same command with --resume" in err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C works again"
+    assert restored is signal.default_int_handler, "Ctrl-C works again"
     assert not (run / HOLDER_FILE).exists()
     monkeypatch.undo()
     assert main([*_train_args(run, imagefolder_root, epochs=3), "--resume"]) == 0
