@@ -201,10 +201,11 @@ def table(records: list[dict[str, Any]]) -> str:
     epoch = next((r["epoch_seconds"] for r in records if "epoch_seconds" in r), None)
     mct = any("mct" in (r.get("baic") or {}).get("baselines", {}) for r in records)
     lines = [
-        "| budget | file on disk | test acc | uniform (val) | BAIC cand. (val) | greedy (val) "
+        "| data | budget | file on disk | test acc (fp32) | uniform (val) | BAIC cand. (val) "
+        "| greedy (val) "
         + ("| MCT PTQ (val, implied size) " if mct else "")
         + "| latency bs1 | search time |",
-        "|---|---:|---:|---:|---:|---:|" + ("---:|" if mct else "") + "---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if mct else "") + "---:|---:|",
     ]
     for record in records:
         summary = record.get("baic")
@@ -213,10 +214,13 @@ def table(records: list[dict[str, Any]]) -> str:
         base = summary.get("baselines", {})
         shown = {k: _acc((base.get(k) or {}).get("accuracy")) for k in ("uniform", "greedy")}
         total = summary["time_seconds"]["total"]
-        cost = f"{total / 60:.0f} min" + (f" ({total / epoch:.1f} fp32 epochs)" if epoch else "")
+        dataset = summary.get("dataset", "eurosat")
+        unit = epoch if dataset == "eurosat" else None  # the epoch timed is EuroSAT's
+        cost = f"{total / 60:.0f} min" + (f" ({total / unit:.1f} fp32 epochs)" if unit else "")
+        accuracy = f"{_acc(summary['accuracy'])} ({_acc(summary['input']['accuracy'])})"
         lines.append(
-            f"| {format_bytes(summary['budget_bytes'])} | {format_bytes(summary['bytes'])} "
-            f"| {_acc(summary['accuracy'])} | {shown['uniform']} "
+            f"| {dataset} | {format_bytes(summary['budget_bytes'])} "
+            f"| {format_bytes(summary['bytes'])} | {accuracy} | {shown['uniform']} "
             f"| {_acc(summary.get('val_accuracy'))} | {shown['greedy']} "
             + (f"| {_mct_cell(base.get('mct'))} " if mct else "")
             + f"| {summary['input']['latency_ms']:.2f} -> {summary['latency_ms']:.2f} ms | {cost} |"
