@@ -294,6 +294,13 @@ def _dense_accuracy(entries: list[Entry], pruned: Entry) -> float | None:
 # -- datasets ----------------------------------------------------------------------------------
 
 
+def _bits_label(technique: str, bits: int | None) -> str:
+    """`` 4-bit`` for one width; BAIC's files mix widths (its smallest is not its width)."""
+    if technique == BAIC:
+        return " (mixed bits)"
+    return f" {bits}-bit" if bits and bits < 32 else ""
+
+
 def datasets_figure(data: StudyData) -> Figure | None:
     """The same recipes (model, technique, bits) on each dataset: grouped bars."""
     points = [e for e in data.entries if e.plottable]
@@ -313,7 +320,7 @@ def datasets_figure(data: StudyData) -> Figure | None:
               for r in recipes]  # fmt: skip
         bars = ax.bar(xs, ys, width, label=dataset, color=PALETTE[i % len(PALETTE)])
         ax.bar_label(bars, labels=[f"{y:.1f}" if y else "" for y in ys], fontsize=7, padding=2)
-    labels = [f"{m}\n{t}" + (f" {b}-bit" if b and b < 32 else "") for m, t, b in recipes]
+    labels = [f"{m}\n{t}" + _bits_label(t, b) for m, t, b in recipes]
     ax.set_xticks(range(len(recipes)), labels, fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     low = min(100 * (e.accuracy or 0) for k, e in best.items() if k[:3] in recipes)
