@@ -33,7 +33,6 @@ from satcompress.cli.common import (
     add_data_flags,
     add_field_flag,
     add_run_flags,
-    add_verify_flags,
     data_overrides,
     print_record,
     print_result,
@@ -41,6 +40,7 @@ from satcompress.cli.common import (
     verify_artifact,
 )
 from satcompress.config import ConfigError, load_yaml
+from satcompress.runtime.flags import add_verify_flags
 from satcompress.train.config import TrainConfig
 
 if TYPE_CHECKING:

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 from satcompress.artifact import ARTIFACT_SUFFIX
 from satcompress.cli.common import (
     add_sign_flag,
-    add_verify_flags,
     sign_artifact,
     signing_key,
     verify_artifact,
 )
 from satcompress.config import ConfigError
+from satcompress.runtime.flags import add_verify_flags
 
 if TYPE_CHECKING:
     from satcompress.artifact.format import Artifact

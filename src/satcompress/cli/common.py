@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from satcompress.config import ConfigError, field_help, parse_value
+from satcompress.config import field_help, parse_value
+from satcompress.runtime.flags import verify_options, warn_unsigned
 from satcompress.train.config import TrainConfig
 
 
@@ -197,32 +197,6 @@ def sign_artifact(path: str | Path, key: Any) -> None:
     )
 
 
-def add_verify_flags(parser: argparse.ArgumentParser) -> None:
-    """``--verify PUBKEY`` and ``--require-signature`` for commands that read a ``.satc``."""
-    parser.add_argument(
-        "--verify", type=Path, metavar="PUBKEY",
-        help="check the .satc's Ed25519 signature with this public key first (a signed file "
-        "that fails is refused; an unsigned one is used with a warning)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--require-signature", action="store_true",
-        help="with --verify: refuse an unsigned .satc too",
-    )  # fmt: skip
-
-
-def verify_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``load_artifact`` keywords of ``--verify``/``--require-signature`` ({} if not given).
-
-    Raises:
-        ConfigError: For ``--require-signature`` without ``--verify``.
-    """
-    if args.require_signature and args.verify is None:
-        raise ConfigError("--require-signature needs --verify PUBKEY (the key to check with)")
-    if args.verify is None:
-        return {}
-    return {"public_key": args.verify, "require_signature": args.require_signature}
-
-
 def verify_artifact(args: argparse.Namespace, path: str | Path) -> Any:
     """Load ``path`` checking ``--verify``/``--require-signature``; warn if it is unsigned.
 
@@ -232,9 +206,5 @@ def verify_artifact(args: argparse.Namespace, path: str | Path) -> Any:
     from satcompress.runtime.satc import load_artifact
 
     artifact = load_artifact(path, **verify_options(args))
-    if args.verify is not None and artifact.signature is None:
-        print(
-            f"satcompress: warning: {path} is not signed (--require-signature refuses it)",
-            file=sys.stderr,
-        )
+    warn_unsigned(args, path, artifact.signature, "satcompress")
     return artifact

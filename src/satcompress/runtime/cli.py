@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from satcompress.runtime.flags import add_verify_flags, verify_options, warn_unsigned
 from satcompress.runtime.images import ImageError, list_images
 from satcompress.runtime.saturation import INT8_KERNEL_POLICIES
 
@@ -64,12 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="report unreadable images on stderr and go on (default: stop at the first)",
     )  # fmt: skip
     predict.add_argument("--quiet", action="store_true", help="no progress line on stderr")
-    _add_verify_flags(predict)
+    add_verify_flags(predict)
     predict.set_defaults(handler=cmd_predict)
 
     info = sub.add_parser("info", help="what the model is: classes, input, bits, size")
     info.add_argument("artifact", type=Path)
-    _add_verify_flags(info)
+    add_verify_flags(info)
     info.set_defaults(handler=cmd_info)
 
     export = sub.add_parser("export-onnx", help="write the rebuilt ONNX graph for other runtimes")
@@ -79,35 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--saturation-safe", action="store_true",
         help="store 8-bit weights as uint8 where int8 kernels could saturate (x86 w/o VNNI)",
     )  # fmt: skip
-    _add_verify_flags(export)
+    add_verify_flags(export)
     export.set_defaults(handler=cmd_export_onnx)
     return parser
-
-
-def _add_verify_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--verify", type=Path, metavar="PUBKEY",
-        help="check the file's Ed25519 signature with this public key (PEM or OpenSSH) first",
-    )  # fmt: skip
-    parser.add_argument(
-        "--require-signature", action="store_true",
-        help="with --verify: refuse an unsigned file (default: use it with a warning)",
-    )  # fmt: skip
-
-
-def _verify_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``load_artifact``/``Runtime`` keywords of ``--verify`` and ``--require-signature``."""
-    if args.require_signature and args.verify is None:
-        raise ValueError("--require-signature needs --verify PUBKEY")
-    return {"public_key": args.verify, "require_signature": args.require_signature}
-
-
-def _warn_unsigned(args: argparse.Namespace, signature: Any) -> None:
-    if args.verify is not None and signature is None:
-        print(
-            f"{PROG}: warning: {args.artifact} is not signed (--require-signature refuses it)",
-            file=sys.stderr,
-        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,9 +113,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("--tile takes exactly one scene file")
     runtime = Runtime(
         args.artifact, threads=args.threads, int8_kernels=args.int8_kernels,
-        **_verify_options(args),
+        **verify_options(args),
     )  # fmt: skip
-    _warn_unsigned(args, runtime.signature)
+    warn_unsigned(args, args.artifact, runtime.signature, PROG)
     if args.tile is not None:
         return _predict_scene(runtime, args)
     files = _image_files(args.inputs)
@@ -237,8 +212,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     """``info``."""
     from satcompress.runtime.satc import artifact_format, load_artifact, manifest_card
 
-    artifact = load_artifact(args.artifact, **_verify_options(args))
-    _warn_unsigned(args, artifact.signature)
+    artifact = load_artifact(args.artifact, **verify_options(args))
+    warn_unsigned(args, args.artifact, artifact.signature, PROG)
     card = manifest_card(artifact.manifest)
     stats = artifact.manifest["stats"]
     print(
@@ -256,8 +231,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     """``export-onnx``."""
     from satcompress.runtime.satc import load_artifact
 
-    artifact = load_artifact(args.artifact, **_verify_options(args))
-    _warn_unsigned(args, artifact.signature)
+    artifact = load_artifact(args.artifact, **verify_options(args))
+    warn_unsigned(args, args.artifact, artifact.signature, PROG)
     written = artifact.save_onnx(args.output, saturation_safe=args.saturation_safe)
     print(f"{written}: {written.stat().st_size:,} bytes")
     return 0
