@@ -15,6 +15,9 @@ Rows (``--rows``):
 * ``ucmerced-fp32``: a UC Merced ResNet-18 at 128 px, fine-tuned from the shared EuroSAT
   model with a new head (``--ucm-epochs``; no ImageNet weights offline), its test accuracy;
 * ``ucmerced-<budget>``: ``baic`` from that model on UC Merced at that budget.
+* ``mobilenet_v2-fp32``: the baseline benchmark's MobileNetV2 (its recipe and run cache:
+  trained once, shared with ``benchmarks/baseline.py``), its test accuracy;
+* ``mobilenet_v2-<budget>``: ``baic`` from that model on EuroSAT at that budget.
 
 Resumable twice over: finished rows are kept in the results file, and an interrupted row
 resumes its search from its last finished candidate (the run directories live under
@@ -34,6 +37,7 @@ from typing import Any
 from satcompress.data import load_dataset
 from satcompress.experiments import (
     RecordList,
+    baseline_config,
     benchmark_parser,
     find_run_dir,
     load_eurosat,
@@ -89,6 +93,8 @@ def main() -> None:
             record = fp32_epoch(args, datasets.eurosat)
         elif row == "ucmerced-fp32":
             record = ucmerced_model(args, datasets.ucmerced)
+        elif row == "mobilenet_v2-fp32":
+            record = train_and_evaluate(mobilenet_config(args), datasets.eurosat, args.runs_dir)
         else:
             record = search_row(args, datasets, row, records)
         records.put({"id": row_id, **record})
@@ -125,13 +131,27 @@ def ucmerced_model(args: Any, dataset: Any) -> dict[str, Any]:
     return train_and_evaluate(ucmerced_config(args), dataset, args.runs_dir)
 
 
+def mobilenet_config(args: Any) -> TrainConfig:
+    """The baseline benchmark's MobileNetV2 recipe (its run cache key, so trained once)."""
+    return baseline_config("mobilenet_v2", args.data_dir)
+
+
+def _trained_source(args: Any, row: str, config: TrainConfig) -> Path:
+    """The run directory of a model this benchmark trains; an error if it is not there."""
+    source = find_run_dir(args.runs_dir, config)
+    if not (source / "model.safetensors").is_file():
+        first = row.split("-")[0] + "-fp32"
+        raise SystemExit(f"{row} needs {first} first (the model it compresses)")
+    return source
+
+
 def search_row(args: Any, datasets: _Datasets, row: str, records: RecordList) -> dict[str, Any]:
     """One ``baic`` run; asserts the saved file is within the budget."""
     source_name, budget = row.split("-")[:2]
     if source_name == "ucmerced":
-        source, dataset = find_run_dir(args.runs_dir, ucmerced_config(args)), datasets.ucmerced
-        if not (source / "model.safetensors").is_file():
-            raise SystemExit(f"{row} needs ucmerced-fp32 first (the model it compresses)")
+        source, dataset = _trained_source(args, row, ucmerced_config(args)), datasets.ucmerced
+    elif source_name == "mobilenet_v2":
+        source, dataset = _trained_source(args, row, mobilenet_config(args)), datasets.eurosat
     else:
         source, dataset = args.checkpoint, datasets.eurosat
     latency = None
