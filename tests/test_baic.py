@@ -185,3 +185,19 @@ def test_adaptive_compression_pipeline_defaults():
     assert pairs["--run-dir"] == "saved_models/resnet18_eurosat_baic_1MB"
     own = module.arguments(["--checkpoint", "runs/mine", "--budget", "500kB"])
     assert "--dataset" not in own and own[own.index("--run-dir") + 1].endswith("_500kB")
+
+
+def test_sparsity_is_searched_and_stored_sparse(trained_cnn, tmp_path):
+    # 8 bits only and no channel pruning: below the all-8-bit file, only sparsity fits
+    config = BAICConfig(**{**FAST, "bits": (8,), "channel_ratios": (), "baselines": (),
+                           "candidates": 1}, sparsities=(0.5, 0.75), budget="4.5x")  # fmt: skip
+    result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
+    summary = result.details
+    assert summary["bytes"] <= summary["budget_bytes"] < summary["measure"]["int8_bytes"]
+    sparse = {n: e for n, e in summary["plan"]["layers"].items() if e["sparsity"] > 0}
+    assert sparse and all(e["bits"] == 8 for e in sparse.values())
+    stats = load_artifact(tmp_path / "r" / "model.satc").manifest["stats"]
+    assert stats["nonzero_params"] < 0.8 * stats["params"]
+    assert BAICConfig.from_dict(config.to_dict()).sparsities == (0.5, 0.75)
+    with pytest.raises(ConfigError, match="sparsities"):
+        BAICConfig(sparsities=(1.0,))

@@ -445,3 +445,61 @@ def test_search_pieces_import_without_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# -- unstructured sparsity as a layer option -------------------------------------------------
+
+
+def sparse_problem(seed):
+    """A random problem whose layers also have (bits, sparsity) options, stored as a mask."""
+    problem = random_problem(seed, groups=True)
+    rng = np.random.default_rng(seed + 20_000)
+    layers = {}
+    for name, opts in problem.layers.items():
+        sizes, costs = dict(opts.bytes), dict(opts.cost)
+        count = (opts.bytes[None] - 64) / 4
+        for b in [b for b in opts.options if b is not None]:
+            for s in (0.5, 0.75):
+                sizes[(b, s)] = count / 8 + count * (1 - s) * b / 8 + 64  # mask + nonzero codes
+                costs[(b, s)] = costs[b] + float(rng.uniform(0, 0.3)) * s
+        layers[name] = LayerOptions(sizes, costs, group=opts.group)
+    return AllocationProblem(layers, problem.groups, base_bytes=problem.base_bytes)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_milp_equals_brute_force_with_sparse_options(seed):
+    problem = sparse_problem(seed)
+    for fraction in (0.08, 0.15, 0.3):
+        full = predict(problem, {n: None for n in problem.layers}).predicted_bytes
+        budget = fraction * full
+        try:
+            expected = brute_force(problem, budget)
+        except InfeasibleBudgetError:
+            with pytest.raises(InfeasibleBudgetError):
+                solve(problem, budget)
+            continue
+        found = solve(problem, budget)
+        assert found.predicted_bytes <= budget and costs_equal(found, expected)
+
+
+def test_sparse_option_wins_when_it_is_cheaper_per_byte():
+    # one layer of 8,000 weights: 8 bits dense 8,000 B, 8 bits at 75% sparse 1,000 + 2,000 B
+    with pytest.raises(ConfigError, match="duplicate"):
+        LayerOptions({8: 8000, (8, 0.0): 8000}, {8: 0.0, (8, 0.0): 0.0})  # (8, 0.0) is 8 bits
+    layers = {
+        "conv": LayerOptions({8: 8000, 4: 4000, (8, 0.75): 3000}, {8: 0.0, 4: 0.5, (8, 0.75): 0.1})
+    }
+    problem = AllocationProblem(layers)
+    found = solve(problem, 5000)
+    assert found.bits == {"conv": (8, 0.75)} and found.predicted_bytes == 3000
+    assert "8 bits 75% sparse" in found.summary()
+    assert json.loads(json.dumps(found.to_dict()))["bits"] == {"conv": [8, 0.75]}
+    # a JSON list is read back as the same option; uniform stays dense (one bit-width)
+    assert predict(problem, {"conv": [8, 0.75]}).bits == {"conv": (8, 0.75)}
+    assert uniform(problem, 5000).bits == {"conv": 4}
+
+
+@pytest.mark.parametrize("bad", [(8, 1.0), (8, -0.1), (9, 0.5), (8, "half"), (8, 0.5, 1)])
+def test_bad_sparse_options_are_refused(bad):
+    with pytest.raises(ConfigError):
+        LayerOptions({bad: 10.0}, {bad: 0.0})

@@ -49,6 +49,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--bits", help="bit-widths a layer may get, e.g. 8,6,4,3,2,1")
     parser.add_argument("--channel-ratios", help="prune ratios a group may get, e.g. 0.25,0.5")
     parser.add_argument(
+        "--sparsities", help="unstructured sparsities a layer may add, e.g. 0.5,0.75 (none)"
+    )
+    parser.add_argument(
         "--baselines", help="uniform,greedy (default), mct (pip install satcompress[mct]), or none"
     )
     parser.add_argument(
@@ -86,6 +89,7 @@ _FIELDS = (
     "baseline_epochs",
     "bits",
     "channel_ratios",
+    "sparsities",
     "baselines",
     "uniform_pairs",
     "batch_size",
@@ -101,8 +105,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     values = {name: getattr(args, name) for name in _FIELDS if getattr(args, name) is not None}
     if values.get("baselines") == "none":
         values["baselines"] = ()
-    if values.get("channel_ratios") == "none":
-        values["channel_ratios"] = ()
+    for name in ("channel_ratios", "sparsities"):
+        if values.get(name) == "none":
+            values[name] = ()
     size = _byte_budget(values["budget"]) if "budget" in values else None
     if getattr(args, "sign", None) is not None and size is not None:
         from satcompress.runtime.satc import SIGNATURE_SIZE

@@ -1,8 +1,10 @@
 """Exact allocation of weight bits and channel-pruning ratios under a byte budget.
 
-The model is additive. Every layer ``l`` has weight-bit options ``b`` (1..8, or None for
-float), each with predicted bytes ``B[l][b]`` at no pruning, an accuracy cost ``C[l][b]``
-(a loss increase) and optionally a latency ``T[l][b]``. Every structured-pruning group ``g``
+The model is additive. Every layer ``l`` has weight options ``b``: a bit-width (1..8, or None
+for float) or, with unstructured sparsity, a ``(bits, sparsity)`` pair (that bit-width with
+the layer's smallest weights zeroed and stored sparse), each with predicted bytes ``B[l][b]``
+at no pruning, an accuracy cost ``C[l][b]`` (a loss increase) and optionally a latency
+``T[l][b]``. Every structured-pruning group ``g``
 has ratio options ``r`` (0.0 always among them), each with a cost ``G[g][r]`` and a kept
 fraction ``K[g][r]``; a layer belongs to at most one group and under ``(b, r)`` takes
 ``B[l][b] * K[g][r]`` bytes and ``T[l][b] * K[g][r]`` ms. The problem is to choose one ``b``
@@ -35,6 +37,9 @@ from satcompress.search.budget import format_bytes
 
 #: A weight-bit option: 1..8 bits, or None for float (unquantized) weights.
 Bits = int | None
+#: A layer option: its bits, or ``(bits, sparsity)`` with a sparsity in (0, 1) (the fraction
+#: of its smallest-magnitude weights zeroed). ``(bits, 0.0)`` is normalised to ``bits``.
+Option = Bits | tuple[Bits, float]
 
 #: :func:`brute_force` refuses problems with more combinations than this.
 BRUTE_FORCE_LIMIT = 200_000
@@ -59,34 +64,34 @@ class InfeasibleBudgetError(ConfigError):
 
 @dataclasses.dataclass
 class LayerOptions:
-    """One layer's weight-bit options.
+    """One layer's weight options (bits, or bits and a sparsity: see :data:`Option`).
 
     Attributes:
-        bytes: Predicted bytes in the artifact per bits option, at no pruning.
-        cost: Accuracy cost (loss increase) per bits option; may be 0 or slightly negative.
+        bytes: Predicted bytes in the artifact per option, at no pruning.
+        cost: Accuracy cost (loss increase) per option; may be 0 or slightly negative.
         latency_ms: Predicted latency per bits option (same keys), or None.
         group: The structured-pruning group the layer belongs to, or None.
     """
 
-    bytes: dict[Bits, float]
-    cost: dict[Bits, float]
-    latency_ms: dict[Bits, float] | None = None
+    bytes: dict[Option, float]
+    cost: dict[Option, float]
+    latency_ms: dict[Option, float] | None = None
     group: str | None = None
 
     def __post_init__(self) -> None:
-        self.bytes = _table(self.bytes, _bits_key, "bytes", minimum=0.0)
-        self.cost = _table(self.cost, _bits_key, "cost")
+        self.bytes = _table(self.bytes, _option_key, "bytes", minimum=0.0)
+        self.cost = _table(self.cost, _option_key, "cost")
         _same_keys(self.bytes, self.cost, "bytes", "cost")
         if self.latency_ms is not None:
-            self.latency_ms = _table(self.latency_ms, _bits_key, "latency_ms", minimum=0.0)
+            self.latency_ms = _table(self.latency_ms, _option_key, "latency_ms", minimum=0.0)
             _same_keys(self.bytes, self.latency_ms, "bytes", "latency_ms")
 
     @property
-    def options(self) -> list[Bits]:
-        """The bits options, in the order given."""
+    def options(self) -> list[Option]:
+        """The options, in the order given."""
         return list(self.bytes)
 
-    def cheapest(self) -> Bits:
+    def cheapest(self) -> Option:
         """The least-cost option (ties: the smaller one)."""
         return min(self.bytes, key=lambda b: (self.cost[b], self.bytes[b]))
 
@@ -189,7 +194,7 @@ class Allocation:
     """A choice of bits per layer and ratio per group, with its predicted totals.
 
     Attributes:
-        bits: Layer name -> bits (None = float).
+        bits: Layer name -> its option: bits (None = float) or ``(bits, sparsity)``.
         ratios: Group name -> pruning ratio.
         predicted_bytes: ``base_bytes`` plus every layer's predicted bytes.
         predicted_cost: Sum of layer and group costs.
@@ -198,7 +203,7 @@ class Allocation:
         label: A short description (the uniform baseline's bits and ratio).
     """
 
-    bits: dict[str, Bits]
+    bits: dict[str, Option]
     ratios: dict[str, float]
     predicted_bytes: float
     predicted_cost: float
@@ -230,7 +235,7 @@ class Allocation:
 
 def predict(
     problem: AllocationProblem,
-    bits: Mapping[str, Bits],
+    bits: Mapping[str, Option],
     ratios: Mapping[str, float] | None = None,
     method: str = "given",
     label: str = "",
@@ -239,7 +244,7 @@ def predict(
 
     Args:
         problem: The problem.
-        bits: Bits per layer (every layer).
+        bits: Option (bits, or bits and sparsity) per layer (every layer).
         ratios: Ratio per group; missing groups are at 0.0.
         method: Recorded in the result.
         label: Recorded in the result.
@@ -260,7 +265,7 @@ def predict(
             raise ConfigError(f"ratio {ratio} is not an option of group {group!r}")
     size, lat, cost = float(problem.base_bytes), float(problem.base_latency_ms), 0.0
     for name, opts in problem.layers.items():
-        b = bits[name]
+        b = _option_key(bits[name])
         if b not in opts.bytes:
             raise ConfigError(f"{_bits_name(b)} is not an option of layer {name!r}")
         kept = 1.0 if opts.group is None else problem.groups[opts.group].kept[ratios[opts.group]]
@@ -269,7 +274,7 @@ def predict(
         cost += opts.cost[b]
     cost += sum(problem.groups[g].cost[r] for g, r in ratios.items())
     latency = lat if problem.has_latency else None
-    bits = {n: bits[n] for n in problem.layers}
+    bits = {n: _option_key(bits[n]) for n in problem.layers}
     return Allocation(bits, ratios, size, cost, latency, method, label)
 
 
@@ -507,6 +512,27 @@ def recalibrate(
 
 
 # -- validation -------------------------------------------------------------------------------
+
+
+def option_parts(option: Option) -> tuple[Bits, float]:
+    """The bits and the sparsity of a layer option (sparsity 0.0 for a plain bit-width)."""
+    if isinstance(option, tuple):
+        return option[0], option[1]
+    return option, 0.0
+
+
+def _option_key(key: Any) -> Option:
+    """A layer option: bits, or a ``(bits, sparsity)`` pair (a list from JSON is accepted)."""
+    if isinstance(key, (tuple, list)):
+        if len(key) != 2:
+            raise ConfigError(f"a sparse option is a (bits, sparsity) pair, got {key!r}")
+        bits, sparsity = _bits_key(key[0]), key[1]
+        if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+            raise ConfigError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+        if not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"sparsity must be in [0, 1), got {sparsity!r}")
+        return bits if sparsity == 0 else (bits, float(sparsity))
+    return _bits_key(key)
 
 
 def _bits_key(key: Any) -> Bits:
@@ -892,8 +918,10 @@ def _uniform_all(
     ratio_options: Iterable[float] | None,
 ) -> list[Allocation]:
     """The allocation of every (bits, ratio) pair, feasible or not."""
-    if bits_options is None:
-        bits_options = {b for o in problem.layers.values() for b in o.options}
+    if bits_options is None:  # uniform means dense: one bit-width, no sparsity
+        bits_options = {
+            b for o in problem.layers.values() for b in o.options if not isinstance(b, tuple)
+        }
     if ratio_options is None:
         ratio_options = {r for g in problem.groups.values() for r in g.ratios} or {0.0}
     bits_options = sorted(set(bits_options), key=lambda b: 99 if b is None else b)
@@ -950,11 +978,11 @@ def _outer_sum(tables: list[list[float]]) -> np.ndarray:
 # -- descriptions -----------------------------------------------------------------------------
 
 
-def _bits_name(bits: Bits) -> str:
-    """The name of a bits option: ``float``, ``1 bit``, ``4 bits``."""
-    if bits is None:
-        return "float"
-    return f"{bits} bit" if bits == 1 else f"{bits} bits"
+def _bits_name(option: Option) -> str:
+    """The name of an option: ``float``, ``1 bit``, ``4 bits``, ``4 bits 75% sparse``."""
+    bits, sparsity = option_parts(option)
+    name = "float" if bits is None else f"{bits} bit" if bits == 1 else f"{bits} bits"
+    return f"{name} {sparsity:.0%} sparse" if sparsity else name
 
 
 def _ratio_name(ratio: float) -> str:

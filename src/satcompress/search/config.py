@@ -35,6 +35,9 @@ class BAICConfig(Config):
             which costs 4 bytes per weight: only worth it for tiny layers).
         channel_ratios: Structured pruning ratios a coupled channel group may get (0 = keep
             all channels is always allowed); empty = quantization only.
+        sparsities: Unstructured sparsities a layer may get on top of its bits (its
+            smallest-magnitude weights zeroed, stored as a bit mask plus the nonzero codes);
+            empty (the default) = none. Each adds a column to the sensitivity table.
         sensitivity_images: Training images of the per-layer sensitivity table.
         candidates: Most BAIC plans fine-tuned and measured (the iterations of the search).
         candidate_epochs: Fine-tuning epochs of each candidate (and baseline).
@@ -68,6 +71,7 @@ class BAICConfig(Config):
     teacher: str = "self"
     bits: tuple[int, ...] = (8, 6, 4, 3, 2, 1)
     channel_ratios: tuple[float, ...] = (0.25, 0.5)
+    sparsities: tuple[float, ...] = ()
     sensitivity_images: int = 256
     candidates: int = 3
     candidate_epochs: int = 1
@@ -89,6 +93,7 @@ class BAICConfig(Config):
         self.budget = str(self.budget)
         self.bits = _as_tuple(self.bits)
         self.channel_ratios = _as_tuple(self.channel_ratios)
+        self.sparsities = _as_tuple(self.sparsities)
         self.baselines = _as_tuple(self.baselines)
         super().__post_init__()
 
@@ -101,6 +106,8 @@ class BAICConfig(Config):
             raise ConfigError(f"bits must be a non-empty list of 1..8, got {list(self.bits)}")
         if any(not 0 < r < 1 for r in self.channel_ratios):
             raise ConfigError(f"channel_ratios must be in (0, 1), got {list(self.channel_ratios)}")
+        if any(not 0 < s < 1 for s in self.sparsities):
+            raise ConfigError(f"sparsities must be in (0, 1), got {list(self.sparsities)}")
         known = BASELINES + OPTIONAL_BASELINES
         unknown = sorted(set(self.baselines) - set(known))
         if unknown:

@@ -436,6 +436,7 @@ def _measure(search: _Search) -> None:
         search.dataset,
         bits=config.bits,
         channel_ratios=config.channel_ratios,
+        sparsities=config.sparsities,
         images=config.sensitivity_images,
         seed=config.seed,
         cache_dir=cache_root() / "sensitivity",
@@ -482,11 +483,16 @@ def _check_feasible(search: _Search) -> None:
         raise InfeasibleBudgetError(
             f"budget {format_bytes(search.budget)} is below the smallest file this search can "
             f"make, about {format_bytes(int(smallest))} (every layer at "
-            f"{min(search.config.bits)} bit(s), every group pruned by "
-            f"{max(search.config.channel_ratios, default=0):g}): raise the budget or allow "
-            "lower bits / higher channel ratios",
+            f"{min(search.config.bits)} bit(s){_sparsest(search.config)}, every group pruned "
+            f"by {max(search.config.channel_ratios, default=0):g}): raise the budget or allow "
+            "lower bits / higher channel ratios / sparsities",
             min_bytes=smallest,
         )
+
+
+def _sparsest(config: BAICConfig) -> str:
+    """`` or 90% sparse`` when sparsities are searched, else nothing."""
+    return f" or {max(config.sparsities):.0%} sparse" if config.sparsities else ""
 
 
 def _solver(variant: tuple[str, bool]) -> Callable[..., Allocation]:

@@ -6,12 +6,20 @@ Three tables, measured once per model and cached:
   increase of each option applied to one unit alone, on a seeded subset of training images;
   cached by weights, data and settings);
 * **bytes**: :class:`satcompress.artifact.encode.BytePredictor` tables of the plans "every
-  layer at ``b`` bits" (one per bit-width, and float): a layer's row is what it stores at
-  ``b`` bits, the rest of the file (header, manifest, graph, tensors of no layer) is the base;
+  layer at ``b`` bits" (one per bit-width, and float; and one per bit-width and sparsity when
+  sparsities are searched): a layer's row is what it stores at ``b`` bits, the rest of the
+  file (header, manifest, graph, tensors of no layer) is the base;
 * **latency** (only with a latency budget): the float and the all-8-bit artifacts timed at
   batch 1 in ONNX Runtime, spread over the layers by their multiply-accumulates. Weights
   below 8 bits run through the same int8 kernels, so every bit-width costs the 8-bit time;
   pruning scales a layer's time by the channels kept.
+
+With sparsities, a layer also gets the options ``(b, s)``: ``b`` bits with a fraction ``s``
+of its smallest weights zeroed. Their accuracy cost is the sum of the two measured costs
+(the additive model again; the candidates' measured accuracy corrects it), their bytes come
+from the predictor (the artifact stores a sparse tensor as a bit mask plus the nonzero codes),
+and only the pairs that store fewer bytes than ``b`` bits dense are kept: the others cost
+accuracy and save nothing. Sparse weights run through the same dense kernels (no speed-up).
 
 A layer's bytes and time under a channel ratio are scaled by the fraction of its *output*
 channels kept; the inputs its producer's group removes are not counted (a conservative
@@ -39,7 +47,13 @@ from satcompress.evaluate import LatencyConfig
 from satcompress.evaluate.profile import measure_latency
 from satcompress.pipeline.sensitivity import LayerSensitivityConfig, layer_sensitivity
 from satcompress.preprocess import InputSpec
-from satcompress.search.allocate import AllocationProblem, GroupOptions, LayerOptions
+from satcompress.search.allocate import (
+    AllocationProblem,
+    GroupOptions,
+    LayerOptions,
+    Option,
+    option_parts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +110,7 @@ def measure(
     *,
     bits: tuple[int, ...],
     channel_ratios: tuple[float, ...],
+    sparsities: tuple[float, ...] = (),
     images: int = 256,
     seed: int = 0,
     cache_dir: str | Path | None = None,
@@ -111,6 +126,7 @@ def measure(
         dataset: Its dataset (training images for the accuracy costs).
         bits: Weight bit-widths a layer may get.
         channel_ratios: Ratios a group may be pruned by.
+        sparsities: Unstructured sparsities a layer may get, with any of its bit-widths.
         images: Size of the sensitivity subset.
         seed: Its seed.
         cache_dir: Sensitivity cache folder (None: no cache).
@@ -123,7 +139,7 @@ def measure(
     config = LayerSensitivityConfig(
         bits=bits,
         channel_ratios=channel_ratios,
-        sparsities=(),
+        sparsities=tuple(sparsities),
         num_images=images,
         calibration_images=min(32, images),
         seed=seed,
@@ -136,15 +152,19 @@ def measure(
     started = time.perf_counter()
     image_size = tuple(dataset.image_size)
     predictor = BytePredictor(model, spec, image_size, info=info)
-    options: list[int | None] = [None, *bits]
+    options: list[Option] = [None, *bits]
+    options += [(b, float(s)) for b in options for s in sparsities]
     rows, totals, bases = {}, {}, []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        for b in options:
-            byte_table = predictor.table(CompressionPlan(default=LayerPlan(bits=b)))
-            rows[b] = {row["layer"]: int(row["total"]) for row in byte_table.rows}
-            totals[b] = int(byte_table.total)
-            bases.append(byte_table.total - sum(rows[b].values()))
+        for option in options:
+            b, s = option_parts(option)
+            plan = CompressionPlan(default=LayerPlan(bits=b, sparsity=s))
+            byte_table = predictor.table(plan)
+            rows[option] = {row["layer"]: int(row["total"]) for row in byte_table.rows}
+            totals[option] = int(byte_table.total)
+            if not s:
+                bases.append(byte_table.total - sum(rows[option].values()))
     seconds["bytes"] = round(time.perf_counter() - started, 3)
     units = predictor.units
     latency_ms: dict[str, float] = {}
@@ -179,9 +199,9 @@ def measure(
 
 def _problem(
     table: Any,
-    rows: dict[int | None, dict[str, int]],
+    rows: dict[Option, dict[str, int]],
     units: PlanUnits,
-    options: list[int | None],
+    options: list[Option],
     base_bytes: int,
     channel_ratios: tuple[float, ...],
     layer_latency: dict[str, dict[int | None, float]] | None,
@@ -190,14 +210,16 @@ def _problem(
     layers = {}
     for name, unit in units.layers.items():
         costs, sizes, times = {}, {}, {}
-        for b in options:
-            cell = table.cell(name, FLOAT_LABEL if b is None else f"w{b}")
-            if cell is None or "error" in cell or cell.get(metric) is None:
-                continue
-            costs[b] = 0.0 if b is None else float(cell[metric])
-            sizes[b] = rows[b][name]
+        for option in options:
+            b, s = option_parts(option)
+            cost = _option_cost(table, name, b, s, metric)
+            dense = rows[b][name]
+            if cost is None or (s and rows[option][name] >= dense):
+                continue  # not measured, or sparse storage saves nothing at these bits
+            costs[option] = cost
+            sizes[option] = rows[option][name]
             if layer_latency is not None:
-                times[b] = layer_latency[name][b]
+                times[option] = layer_latency[name][b]
         group = unit.out_group if unit.out_group in units.groups else None
         layers[name] = LayerOptions(bytes=sizes, cost=costs, latency_ms=times or None, group=group)
     groups = {}
@@ -218,15 +240,31 @@ def _problem(
     return AllocationProblem(layers=layers, groups=groups, base_bytes=float(base_bytes))
 
 
-def plan_of(bits: dict[str, int | None], ratios: dict[str, float]) -> CompressionPlan:
-    """The :class:`CompressionPlan` of an allocation: bits per layer, a ratio per group.
+def _option_cost(table: Any, layer: str, bits: int | None, sparsity: float, metric: str):
+    """The measured cost of ``bits`` plus that of ``sparsity`` on ``layer`` (None: missing)."""
+    total = 0.0
+    labels = [] if bits is None else [f"w{bits}"]
+    labels += [f"s{sparsity:g}"] if sparsity else []
+    for label in labels or [FLOAT_LABEL]:
+        cell = table.cell(layer, label)
+        if cell is None or "error" in cell or cell.get(metric) is None:
+            return None
+        total += 0.0 if label == FLOAT_LABEL else float(cell[metric])
+    return total
+
+
+def plan_of(bits: dict[str, Option], ratios: dict[str, float]) -> CompressionPlan:
+    """The :class:`CompressionPlan` of an allocation: an option per layer, a ratio per group.
 
     Layers and groups share one namespace (a group is named after its root layer), so a name
-    that is both gets one entry with its bits and its group's ratio.
+    that is both gets one entry with its bits, its sparsity and its group's ratio.
     """
     entries: dict[str, dict[str, Any]] = {}
-    for name, b in bits.items():
+    for name, option in bits.items():
+        b, sparsity = option_parts(option)
         entries.setdefault(name, {})["bits"] = b
+        if sparsity:
+            entries[name]["sparsity"] = float(sparsity)
     for name, ratio in ratios.items():
         if ratio > 0:
             entries.setdefault(name, {})["channel_ratio"] = float(ratio)
@@ -290,14 +328,15 @@ def _latency_table(
     image_size: tuple,
     units: PlanUnits,
     measured: dict[str, float],
-    options: list[int | None],
+    options: list[Option],
 ) -> dict[str, dict[int | None, float]]:
     """Per layer and bit-width: its share (by MACs) of the measured whole-model latency."""
     size = spec.size or image_size
+    bits = {option_parts(option)[0] for option in options}
     macs = layer_macs(model, torch.zeros(1, 3, *size), list(units.layers))
     total = max(1, sum(macs.values()))
     per_mac = {None: measured["float"] / total, "int": measured["int8"] / total}
     return {
-        name: {b: macs.get(name, 0) * per_mac[None if b is None else "int"] for b in options}
+        name: {b: macs.get(name, 0) * per_mac[None if b is None else "int"] for b in bits}
         for name in units.layers
     }
