@@ -219,30 +219,40 @@ def _last(value: Any) -> float | None:
 def table(records: list[dict[str, Any]]) -> str:
     """The README table: budget, file, accuracy, baselines, time in fp32 epochs."""
     epoch = next((r["epoch_seconds"] for r in records if "epoch_seconds" in r), None)
-    mct = any("mct" in (r.get("baic") or {}).get("baselines", {}) for r in records)
-    lines = [
-        "| data | budget | file on disk | test acc (fp32) | uniform (val) | BAIC cand. (val) "
-        "| greedy (val) "
-        + ("| MCT PTQ (val, implied size) " if mct else "")
-        + "| latency bs1 | search time |",
-        "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if mct else "") + "---:|---:|",
+    shown = [r for r in records if r.get("baic")]
+    extra = [  # optional baselines: a column only where some row ran them
+        (kind, title)
+        for kind, title in (
+            ("small-model", "small model (val)"),
+            ("mct", "MCT PTQ (val, implied size)"),
+        )
+        if any(kind in r["baic"].get("baselines", {}) for r in shown)
     ]
-    for record in records:
-        summary = record.get("baic")
-        if not summary:
-            continue
+    lines = [
+        "| data | model | budget | file on disk | test acc (fp32) | uniform (val) "
+        "| BAIC cand. (val) | greedy (val) "
+        + "".join(f"| {title} " for _, title in extra)
+        + "| latency bs1 | search time |",
+        "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|---:|",
+    ]
+    for record in shown:
+        summary = record["baic"]
         base = summary.get("baselines", {})
-        shown = {k: _acc((base.get(k) or {}).get("accuracy")) for k in ("uniform", "greedy")}
         total = summary["time_seconds"]["total"]
         dataset = summary.get("dataset", "eurosat")
         unit = epoch if dataset == "eurosat" else None  # the epoch timed is EuroSAT's
         cost = f"{total / 60:.0f} min" + (f" ({total / unit:.1f} fp32 epochs)" if unit else "")
         accuracy = f"{_acc(summary['accuracy'])} ({_acc(summary['input']['accuracy'])})"
+        budget = format_bytes(summary["budget_bytes"])
+        if summary.get("latency_budget_ms"):
+            budget += f", {summary['latency_budget_ms']:.2f} ms"
         lines.append(
-            f"| {dataset} | {format_bytes(summary['budget_bytes'])} "
-            f"| {format_bytes(summary['bytes'])} | {accuracy} | {shown['uniform']} "
-            f"| {_acc(summary.get('val_accuracy'))} | {shown['greedy']} "
-            + (f"| {_mct_cell(base.get('mct'))} " if mct else "")
+            f"| {dataset} | {record.get('model', '')} | {budget} "
+            f"| {format_bytes(summary['bytes'])} | {accuracy} "
+            f"| {_acc((base.get('uniform') or {}).get('accuracy'))} "
+            f"| {_acc(summary.get('val_accuracy'))} "
+            f"| {_acc((base.get('greedy') or {}).get('accuracy'))} "
+            + "".join(f"| {_baseline_cell(kind, base.get(kind))} " for kind, _ in extra)
             + f"| {summary['input']['latency_ms']:.2f} -> {summary['latency_ms']:.2f} ms | {cost} |"
         )
     return "\n".join(lines)
@@ -252,13 +262,17 @@ def _acc(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.2f}%"
 
 
-def _mct_cell(entry: dict[str, Any] | None) -> str:
-    """MCT's validation accuracy at the size its allocation implies, or its status."""
+def _baseline_cell(kind: str, entry: dict[str, Any] | None) -> str:
+    """An optional baseline's validation accuracy at its size, or its status.
+
+    MCT's size is the one its allocation implies: the file it writes is no smaller.
+    """
     if not entry:
         return "—"
-    if entry.get("status") != "ok" or entry.get("predicted_bytes") is None:
+    if entry.get("status") != "ok" or entry.get("accuracy") is None:
         return str(entry.get("status") or "—")
-    return f"{_acc(entry.get('accuracy'))} @ {format_bytes(entry['predicted_bytes'])}"
+    size = entry.get("predicted_bytes") if kind == "mct" else entry.get("bytes")
+    return f"{_acc(entry.get('accuracy'))} @ {format_bytes(size or 0)}"
 
 
 if __name__ == "__main__":

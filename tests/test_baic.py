@@ -201,3 +201,29 @@ def test_sparsity_is_searched_and_stored_sparse(trained_cnn, tmp_path):
     assert BAICConfig.from_dict(config.to_dict()).sparsities == (0.5, 0.75)
     with pytest.raises(ConfigError, match="sparsities"):
         BAICConfig(sparsities=(1.0,))
+
+
+def test_small_model_baseline_is_distilled_quantized_to_fit_and_reused(trained_cnn, tmp_path):
+    config = BAICConfig(**{**FAST, "candidates": 1, "baselines": ("small-model",)},
+                        small_model="test_mobilenet", small_model_kwargs={}, small_epochs=1,
+                        budget="2x")  # fmt: skip
+    result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    (small,) = [r for r in records if r["kind"] == "small-model"]
+    assert small["status"] == "ok" and 0 < small["bytes"] <= result.details["budget_bytes"]
+    assert small["source"].endswith("student") and small["accuracy"] is not None
+    # its file is the small architecture, at one width: the widest that fits
+    manifest = load_artifact(small["artifact"]).manifest
+    assert manifest["card"]["model"] == "test_mobilenet"
+    (width,) = manifest["stats"]["weight_bits"]
+    assert small["plan"]["default"]["bits"] == width and width in FAST["bits"]
+    assert small["label"].startswith(f"small-model: test_mobilenet at {width} bit")
+    assert result.details["baselines"]["small-model"]["bytes"] == small["bytes"]
+    assert result.details["time_seconds"]["small_model_training"] > 0
+    # a rerun reuses the distilled student and the finished candidate
+    weights = tmp_path / "r" / "candidates" / "small-model" / "student" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    baic(trained_cnn, None, config, tmp_path / "r", progress=False)
+    assert weights.stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="not a known model"):
+        BAICConfig(baselines=("small-model",), small_model="resnet1000")

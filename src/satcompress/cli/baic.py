@@ -52,8 +52,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--sparsities", help="unstructured sparsities a layer may add, e.g. 0.5,0.75 (none)"
     )
     parser.add_argument(
-        "--baselines", help="uniform,greedy (default), mct (pip install satcompress[mct]), or none"
+        "--baselines",
+        help="uniform,greedy (default), small-model, mct (pip install satcompress[mct]), or none",
     )
+    parser.add_argument(
+        "--small-model", help="architecture of the small-model baseline (mobilenet_v2 at width 0.5)"
+    )
+    parser.add_argument("--small-epochs", type=int, help="distillation epochs of the small model")
     parser.add_argument(
         "--uniform-pairs", type=int, help="uniform bit-widths measured (the best one is kept)"
     )
@@ -91,6 +96,8 @@ _FIELDS = (
     "channel_ratios",
     "sparsities",
     "baselines",
+    "small_model",
+    "small_epochs",
     "uniform_pairs",
     "batch_size",
     "lr",

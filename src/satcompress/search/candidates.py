@@ -210,6 +210,7 @@ def _record(job: CandidateJob, size: int) -> dict[str, Any]:
         "kind": job.kind,
         "label": job.label,
         "plan": job.plan,
+        "source": job.source,
         "predicted_bytes": job.predicted_bytes,
         "predicted_cost": job.predicted_cost,
         "bytes": size,

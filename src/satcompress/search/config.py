@@ -12,8 +12,9 @@ __all__ = ["BASELINES", "EXECUTORS", "OPTIONAL_BASELINES", "BAICConfig", "quick_
 
 #: Baselines a run can add at the same budget (see :class:`BAICConfig`): the default ones.
 BASELINES = ("uniform", "greedy")
-#: Baselines that need an optional extra (``mct``: ``pip install satcompress[mct]``).
-OPTIONAL_BASELINES = ("mct",)
+#: Baselines not run by default: ``mct`` needs an optional extra (``pip install
+#: satcompress[mct]``), ``small-model`` trains a model (``small_epochs`` epochs).
+OPTIONAL_BASELINES = ("mct", "small-model")
 EXECUTORS = ("local", "ray")
 _BITS = range(1, 9)
 
@@ -51,9 +52,15 @@ class BAICConfig(Config):
         baselines: Baselines measured at the same budget: ``uniform`` (one bit-width and one
             prune ratio everywhere, the best pair that fits), ``greedy`` (cost per byte) and,
             not by default, ``mct`` (Sony's Model Compression Toolkit mixed-precision PTQ with
-            the budget as its weights-memory target; ``pip install satcompress[mct]``).
+            the budget as its weights-memory target; ``pip install satcompress[mct]``) and
+            ``small-model`` (``small_model`` distilled from the teacher for ``small_epochs``,
+            quantized uniformly to the widest bits that fit, fine-tuned like the baselines).
         baseline_epochs: Fine-tuning epochs of the baselines (None = ``candidate_epochs``);
             set it to ``final_epochs`` to compare with the final model on equal terms.
+        small_model: Architecture of the ``small-model`` baseline (a registry name).
+        small_model_kwargs: Its constructor options; None = width 0.5 for ``mobilenet_v2``,
+            the model's defaults for any other.
+        small_epochs: Its distillation epochs, on the whole training split.
         uniform_pairs: Uniform pairs fine-tuned and measured: the least-cost fitting pair of
             each of the best ``uniform_pairs`` bit-widths (the additive model ranks uniform
             plans poorly at high compression); the baseline is the best measured one.
@@ -82,6 +89,9 @@ class BAICConfig(Config):
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     baselines: tuple[str, ...] = BASELINES
     baseline_epochs: int | None = None
+    small_model: str = "mobilenet_v2"
+    small_model_kwargs: dict[str, Any] | None = None
+    small_epochs: int = 10
     uniform_pairs: int = 3
     workers: int = 1
     executor: str = "local"
@@ -114,7 +124,21 @@ class BAICConfig(Config):
             raise ConfigError(f"unknown baseline(s) {unknown}; choose from {list(known)}")
         if self.executor not in EXECUTORS:
             raise ConfigError(f"executor must be one of {list(EXECUTORS)}, got {self.executor!r}")
-        for name in ("candidates", "workers", "sensitivity_images", "uniform_pairs"):
+        if "small-model" in self.baselines:
+            from satcompress.models import list_models
+
+            if self.small_model not in list_models():
+                raise ConfigError(
+                    f"small_model {self.small_model!r} is not a known model; choose from "
+                    f"{list_models()}"
+                )
+        for name in (
+            "candidates",
+            "workers",
+            "sensitivity_images",
+            "uniform_pairs",
+            "small_epochs",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("candidate_epochs", "final_epochs"):
@@ -126,6 +150,13 @@ class BAICConfig(Config):
                 raise ConfigError(f"{name} must be > 0 (or None), got {value}")
         if self.candidate_batches is not None and self.candidate_batches < 1:
             raise ConfigError(f"candidate_batches must be >= 1, got {self.candidate_batches}")
+
+    @property
+    def small_kwargs(self) -> dict[str, Any]:
+        """The small model's constructor options (``small_model_kwargs`` or its default)."""
+        if self.small_model_kwargs is not None:
+            return dict(self.small_model_kwargs)
+        return {"width_mult": 0.5} if self.small_model == "mobilenet_v2" else {}
 
     @property
     def baseline_fine_tune_epochs(self) -> int:

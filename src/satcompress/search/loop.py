@@ -18,7 +18,9 @@ a :class:`~satcompress.pipeline.StageResult`). The search:
    off, loss increase or KL), while time remains and the last candidate improved on the best;
    the best candidate by validation accuracy is fine-tuned longer and scored on the test
    split. Baselines (uniform, greedy) get the same fine-tune at the same budget; the optional
-   ``mct`` baseline (:mod:`satcompress.search.mct_baseline`) is MCT's PTQ at that budget.
+   ``mct`` baseline (:mod:`satcompress.search.mct_baseline`) is MCT's PTQ at that budget and
+   the optional ``small-model`` one (:mod:`satcompress.search.small_baseline`) a small
+   architecture distilled from the same teacher and quantized to fit.
 
 The budget is a hard guarantee: a file over it is never saved as ``model.satc``; the search
 tightens the target and tries again. Everything finished is in ``candidates.jsonl``: rerunning
@@ -67,6 +69,7 @@ from satcompress.search.candidates import (
 from satcompress.search.config import BAICConfig
 from satcompress.search.mct_baseline import mct_baseline, require_mct
 from satcompress.search.measure import MeasuredModel, exact_bytes, measure, plan_of
+from satcompress.search.small_baseline import KIND, fitting_bits, small_model
 from satcompress.utils.cache import cache_root
 from satcompress.utils.io import atomic_write_json
 from satcompress.utils.lock import holds_run_lock
@@ -79,6 +82,8 @@ CONFIG_FILE = "baic.json"
 CANDIDATES_FILE = "candidates.jsonl"
 MANIFEST_FILE = "manifest.json"
 ARTIFACT = "model.satc"
+#: Candidate kinds that are baselines (their time is the ``baselines`` phase).
+BASELINE_KINDS = ("uniform", "greedy", "mct", KIND)
 # Variants of the allocation tried in turn: (cost metric, structured pruning allowed).
 VARIANTS = (("loss_increase", True), ("loss_increase", False), ("kl", True), ("kl", False))
 FIT_ROUNDS = 12  # re-solves that move the additive model's target to fit the exact bytes
@@ -158,7 +163,9 @@ class _Search:
         ratios = [
             r["bytes"] / r["predicted_bytes"]
             for r in self.done.values()
-            if r.get("bytes") and r.get("predicted_bytes") and r["kind"] not in ("input", "mct")
+            if r.get("bytes")
+            and r.get("predicted_bytes")
+            and r["kind"] not in ("input", "mct", KIND)  # other predictors than the search's
         ]
         return max(ratios, default=1.0)
 
@@ -303,11 +310,15 @@ class _Search:
 
 
 def _same_work(job: CandidateJob, other: CandidateJob | dict[str, Any]) -> bool:
-    """Whether two candidates train and score the same model (same plan, fine-tune, split)."""
+    """Whether two candidates train and score the same model: source, plan, fine-tune, split.
+
+    Records written before records named their source are of the input model.
+    """
     fields = ("plan", "epochs", "batches", "split")
     if isinstance(other, dict):
-        return all(getattr(job, f) == other.get(f) for f in fields)
-    return all(getattr(job, f) == getattr(other, f) for f in fields)
+        source = other.get("source", job.source if job.kind != KIND else None)
+        return source == job.source and all(getattr(job, f) == other.get(f) for f in fields)
+    return all(getattr(job, f) == getattr(other, f) for f in (*fields, "source"))
 
 
 @holds_run_lock
@@ -536,8 +547,8 @@ def _first_round(search: _Search) -> list[CandidateJob]:
         )
     )
     for name in config.baselines:
-        if name == "mct":
-            continue  # not a plan: run by _mct below, in this process
+        if name in ("mct", KIND):
+            continue  # not a plan of the input model: run below
         try:
             plans = _baseline_plans(search, problem, name)
         except InfeasibleBudgetError as err:
@@ -556,6 +567,8 @@ def _first_round(search: _Search) -> list[CandidateJob]:
                 )
             )
     search.seconds["allocate"] = round(time.perf_counter() - started, 2)
+    if KIND in config.baselines:
+        jobs += _small_model_jobs(search)
     if "mct" in config.baselines:
         _mct(search)
     search.say(f"step 3/4 apply: fine-tune and measure {len(jobs)} plan(s)")
@@ -583,6 +596,41 @@ def _mct(search: _Search) -> None:
         search.say(f"baseline mct: infeasible ({err})")
         record = {**_infeasible("mct", str(err)), "min_bytes": err.min_bytes}
     search.record(record)
+
+
+def _small_model_jobs(search: _Search) -> list[CandidateJob]:
+    """The ``small-model`` baseline: distil the small model (or reuse it), fit its bits."""
+    config = search.config
+    search.say(
+        f"baseline {KIND}: {config.small_model} {config.small_kwargs} distilled "
+        f"{config.small_epochs} epoch(s) from the teacher"
+    )
+    small = small_model(
+        search.trained, search.source, search.dataset, config,
+        search.run_dir / "candidates" / KIND / "student",
+    )  # fmt: skip
+    search.seconds["small_model_training"] = small.seconds
+    try:
+        plan, size = fitting_bits(
+            small.trained, search.dataset, config, search.budget, search.file_factor()
+        )
+    except InfeasibleBudgetError as err:
+        search.say(f"baseline {KIND}: infeasible ({err})")
+        search.record(_infeasible(KIND, str(err)))
+        return []
+    source = str(small.run_dir)
+    set_context(source, small.trained, search.dataset, _teacher(search))
+    bits = plan.default.bits
+    label = f"{KIND}: {config.small_model} at {bits} bit{'s' if bits != 1 else ''}"
+    return [
+        CandidateJob(
+            id=KIND, kind=KIND, label=label, plan=plan.to_dict(), source=source,
+            run_dir=str(search.run_dir / "candidates" / KIND / "qat"),
+            config={**config.to_dict(), "teacher": small.teacher},
+            epochs=config.baseline_fine_tune_epochs, batches=config.candidate_batches,
+            predicted_bytes=size, budget_bytes=search.budget,
+        )
+    ]  # fmt: skip
 
 
 def _baseline_plans(search: _Search, problem: AllocationProblem, name: str) -> list[_Planned]:
@@ -812,7 +860,7 @@ def _finish(search: _Search, final: dict[str, Any]) -> StageResult:
     input_record = {**input_record, "latency_ms": timing["input"]}
     final = {**final, "latency_ms": timing["final"]}
     record["latency_ms"] = {"bs1": timing["final"]}
-    for kinds, phase in ((("baic",), "candidates"), (("uniform", "greedy", "mct"), "baselines")):
+    for kinds, phase in ((("baic",), "candidates"), (BASELINE_KINDS, "baselines")):
         search.seconds[phase] = round(
             sum(
                 r.get("seconds") or 0
@@ -904,7 +952,7 @@ def _summary(
     plan = CompressionPlan.from_dict(final["plan"])
     baselines = {}
     for r in search.done.values():  # the best measured of each kind (several uniform pairs)
-        if r["kind"] in ("uniform", "greedy", "mct"):
+        if r["kind"] in BASELINE_KINDS:
             shown = baselines.get(r["kind"])
             if shown is None or (r.get("accuracy") or 0) > (shown.get("accuracy") or 0):
                 baselines[r["kind"]] = {
