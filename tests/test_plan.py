@@ -124,6 +124,27 @@ def test_apply_plan_prunes_masks_and_quantizes_a_copy():
     assert {n: s for n, s in units.kept(plan).items()}[group] == (16, 16)
 
 
+def test_pruned_zeros_stay_zero_through_fine_tuning():
+    model = _model("test_cnn")
+    x = torch.randn(8, 3, 32, 32)
+    name = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+    plan = CompressionPlan({name: LayerPlan(bits=4, sparsity=0.5)}, default=LayerPlan(bits=8))
+    applied = apply_plan(model, plan, x).train().to(memory_format=torch.channels_last)
+    layer = applied.get_submodule(name)
+    zeros = layer.weight.detach() == 0
+    assert float(zeros.float().mean()) == pytest.approx(0.5, abs=0.02)
+    other = next(m for n, m in applied.named_modules() if n != name and hasattr(m, "quant_weight"))
+    before = other.weight.detach().clone()
+    optimizer = torch.optim.SGD(applied.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3)
+    for _ in range(3):
+        optimizer.zero_grad()
+        applied(x).square().mean().backward()
+        optimizer.step()
+    assert torch.all(layer.weight.detach()[zeros] == 0)  # pruned weights did not grow back
+    assert not torch.equal(layer.weight.detach()[~zeros], layer.weight.detach()[~zeros] * 0)
+    assert not torch.equal(other.weight.detach(), before)  # the rest trained
+
+
 def test_vit_heads_group_removes_heads():
     model = _model("test_vit")
     x = torch.randn(2, 3, 32, 32)

@@ -452,8 +452,9 @@ def apply_plan(
 
     Returns:
         The compressed copy (eval mode) with ``compression_plan``, ``layer_bits`` and
-        ``pruning_history`` attributes. With any ``bits`` set it holds Brevitas layers (8-bit
-        activation quantizers, calibrated, not fine-tuned).
+        ``pruning_history`` attributes. Layers with a sparsity keep their zeros through any
+        fine-tune (their gradient is masked there: ``keep_zeros``). With any ``bits`` set it
+        holds Brevitas layers (8-bit activation quantizers, calibrated, not fine-tuned).
 
     Raises:
         ConfigError: If the plan names units the model does not have (valid names listed).
@@ -461,7 +462,11 @@ def apply_plan(
     """
     from satcompress.compress.prune.config import PruneConfig
     from satcompress.compress.prune.structured import StructuredPruner
-    from satcompress.compress.prune.unstructured import apply_magnitude, make_permanent
+    from satcompress.compress.prune.unstructured import (
+        apply_magnitude,
+        keep_zeros,
+        make_permanent,
+    )
 
     units = plan_units(model, example_inputs)
     units.check(plan)
@@ -492,6 +497,9 @@ def apply_plan(
         work, layer_bits = prepare_qat(work, config, example_inputs)
         batches = list(calibration_batches) if calibration_batches is not None else []
         calibrate(work, batches or [example_inputs])
+    for name in units.layers:  # a fine-tune must not train the pruned weights back
+        if plan.for_unit(name).sparsity > 0:
+            keep_zeros(work.get_submodule(name))
     work.eval()
     work.compression_plan = plan
     work.layer_bits = dict(layer_bits)

@@ -85,6 +85,23 @@ def make_permanent(model: nn.Module) -> None:
                 torch_prune.remove(module, hook._tensor_name)
 
 
+def keep_zeros(module: nn.Module) -> int:
+    """Keep the zeros of ``module``'s weight at zero through fine-tuning; their count.
+
+    A pruned model whose masks were folded in (:func:`make_permanent`, or quantization layers
+    that replaced the masked ones) trains its zeros back to life. Masking the gradient keeps
+    them: a weight at zero with a zero gradient stays exactly zero under SGD with momentum and
+    weight decay, and under Adam/AdamW (zero moments, decoupled decay of zero). The hook is on
+    the parameter, so it survives a change of memory format (``.to(channels_last)``).
+    """
+    weight = module.weight
+    keep = (weight.detach() != 0).to(weight.dtype)
+    zeros = int(keep.numel() - keep.sum().item())
+    if zeros:
+        weight.register_hook(lambda grad: grad * keep.to(grad.device))
+    return zeros
+
+
 def cubic_schedule(sparsity: float, steps: int) -> list[float]:
     """Sparsity after each of ``steps`` gradual steps: ``s (1 - (1 - k/steps)^3)``."""
     return [round(sparsity * (1 - (1 - k / steps) ** 3), 6) for k in range(1, steps + 1)]
