@@ -47,8 +47,9 @@ from satcompress.experiments import (
 from satcompress.pipeline import load
 from satcompress.pipeline import train as train_stage
 from satcompress.search.budget import format_bytes, parse_budget
+from satcompress.search.candidates import CandidateLog
 from satcompress.search.config import BASELINES, BAICConfig
-from satcompress.search.loop import baic
+from satcompress.search.loop import CANDIDATES_FILE, baic, trajectory
 from satcompress.train import TrainConfig
 
 SHARED_RESNET18 = Path("../shared/models/resnet18_eurosat64.safetensors")
@@ -83,6 +84,7 @@ def main() -> None:
     if report_only(args, table):
         return
     records = RecordList(args.out)
+    attach_trajectories(records)
     datasets = _Datasets(args.data_dir)
     for row in args.rows:
         row_id = row if row.endswith("fp32-epoch") else _row_id(row, args.baselines)
@@ -100,6 +102,21 @@ def main() -> None:
         records.put({"id": row_id, **record})
         print(f"{row_id}: saved")
     print(table(records.records))
+
+
+def attach_trajectories(records: RecordList) -> None:
+    """Give rows saved before summaries carried it their search's trajectory.
+
+    The trajectory (the candidates in the order they finished) is read from the row's
+    ``candidates.jsonl``, where that run directory still is.
+    """
+    for record in list(records.records):
+        summary = record.get("baic")
+        if not summary or summary.get("candidates"):
+            continue
+        log = CandidateLog(Path(summary["artifact"]).parent / CANDIDATES_FILE)
+        if log.path.is_file():
+            records.put({**record, "baic": {**summary, "candidates": trajectory(log.records())}})
 
 
 class _Datasets:

@@ -453,10 +453,13 @@ def baic_runs(data: StudyData) -> list[tuple[str, float | None, list[dict[str, A
     Candidates come from a record's ``baic.candidates``, a stage's details, or the
     ``candidates.jsonl`` in a ``baic`` stage's run directory (in the order they finished).
     """
-    runs = []
+    runs, seen = [], []
     for e in data.entries:
         summary = e.record.get("baic")
         if isinstance(summary, dict) and summary.get("candidates"):
+            if summary["candidates"] in seen:
+                continue  # one search recorded twice (a resumed run with more baselines)
+            seen.append(summary["candidates"])
             runs.append((e.id, summary.get("budget_bytes"), list(summary["candidates"])))
     for kind, details, run_dir in data.stages:
         if kind != "baic":
@@ -503,9 +506,12 @@ def baic_figure(data: StudyData) -> Figure | None:
                 right.scatter([step], [100 * acc], marker=marker, color=colour, s=big, zorder=3)
         if budget:
             left.axhline(budget, ls="--", color="black", lw=1, label=f"budget {byte_label(budget)}")
-            left.legend(fontsize=8, loc="upper right")
+            left.legend(fontsize=8, loc="center right")
         left.set_yscale("log")
+        sizes = [c["bytes"] for c in candidates] + ([budget] if budget else [])
+        left.set_ylim(min(sizes) / 1.6, max(sizes) * 1.6)  # the fp32 input is not on the edge
         left.yaxis.set_major_formatter(FuncFormatter(lambda x, _pos: byte_label(x)))
+        left.yaxis.set_minor_formatter(NullFormatter())
         left.set_ylabel("bytes on disk")
         right.set_ylabel("accuracy (%)")
         for ax in (left, right):

@@ -944,6 +944,28 @@ def _input_record(search: _Search) -> dict[str, Any]:
     return search.run([job])[0]
 
 
+#: The fields of a candidate kept in the summary's trajectory (not its plan).
+TRAJECTORY_FIELDS = (
+    "id", "kind", "label", "bytes", "predicted_bytes", "accuracy", "split", "status", "seconds",
+)  # fmt: skip
+
+
+def trajectory(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every candidate in the order it finished, without its plan (the search's trajectory).
+
+    The last record of an id wins (a resumed run may have retried one); the final file's
+    record is marked ``chosen``.
+    """
+    latest = {r["id"]: r for r in records}
+    shown = []
+    for record in latest.values():
+        entry = {k: record.get(k) for k in TRAJECTORY_FIELDS}
+        if record["kind"] == "final":
+            entry["chosen"] = True
+        shown.append(entry)
+    return shown
+
+
 def _summary(
     search: _Search, final: dict[str, Any], input_record: dict[str, Any], total: float
 ) -> dict[str, Any]:
@@ -976,6 +998,7 @@ def _summary(
         "time_seconds": {**search.seconds, "total": total},
         "measure": {**search.measured.summary(), "wall_seconds": search.measure_wall},
         "config": search.config.to_dict(),
+        "candidates": trajectory(search.log.records()),
         "environment": environment(),
     }
 
