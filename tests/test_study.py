@@ -123,13 +123,16 @@ def test_rerun_reuses_every_finished_stage(first_run, monkeypatch):
 
 
 def test_a_changed_stage_reruns_alone_and_a_changed_input_moves_every_key(
-    first_run, tmp_path, monkeypatch, eurosat_root
+    first_run, tmp_path, monkeypatch, eurosat_root, capsys
 ):
     config, folder = _copy(first_run, tmp_path)
     _write(config, eurosat_root, ratio=0.25)
     calls = _forbid_running(monkeypatch, allowed=("pruned",))
-    result = run_experiment(load_experiment(config), folder, progress=False)
+    result = run_experiment(load_experiment(config), folder, progress=True)
     assert result.outcomes == {"base": "reused", "pruned": "ran"} and calls == ["pruned"]
+    lines = capsys.readouterr().out.splitlines()  # a line when a stage starts, one when done
+    assert "pruned (prune): started" in lines and not any("base (train): st" in x for x in lines)
+    assert any(x.startswith("[2/2] pruned (prune): ran in ") for x in lines)
     with Study(folder) as study:
         assert len(study.stages("done")) == 3  # the first prune stays for the other config
         before = {s.spec.name: s.key for s in plan(load_experiment(config), study)}

@@ -326,6 +326,8 @@ def run_stage(job: StageJob) -> dict[str, Any]:
             return {"outcome": "reused", "seconds": 0.0, "key": job.key}
         run_dir = study.run_dir(job.kind, job.key)
         resume = claim.resume and _can_resume(job.kind, run_dir)
+        if job.progress:  # printed where it runs: this process or a worker's
+            print(f"{job.name} ({job.kind}): {'resuming' if resume else 'started'}", flush=True)
         if not resume and job.kind != "baic":
             shutil.rmtree(run_dir, ignore_errors=True)
         with study.heartbeat(job.key):
