@@ -35,6 +35,23 @@ def test_missing_data_gives_an_actionable_error_not_a_traceback(tmp_path, capsys
     assert "Traceback" not in err
 
 
+def test_a_model_onnx_runtime_rejects_is_one_line_not_a_traceback(monkeypatch, capsys):
+    import satcompress.pipeline as pipeline
+    from satcompress.runtime.onnx import ORT_ERRORS
+
+    def rejected(*_args, **_kwargs):
+        raise ORT_ERRORS[0]("[ONNXRuntimeError] : 1 : FAIL : Load model failed\nmore detail")
+
+    monkeypatch.setattr(pipeline, "load", lambda path: object())
+    monkeypatch.setattr(pipeline, "evaluate_stage", rejected)
+    assert main(["eval", "--checkpoint", "model.satc", "--no-latency"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "satcompress: error: ONNX Runtime cannot load or run the model: "
+        "[ONNXRuntimeError] : 1 : FAIL : Load model failed"
+    )
+
+
 def test_train_from_yaml_with_flag_override_then_eval(eurosat_root, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(

@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, *_user_errors()) as err:
         print(f"satcompress: error: {err}", file=sys.stderr)
         return 2
+    except _runtime_errors() as err:  # a file that passed our checks but not ONNX Runtime's
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"satcompress: error: ONNX Runtime cannot load or run the model: {first}",
+              file=sys.stderr)  # fmt: skip
+        return 2
 
 
 #: Known third-party noise that normal output hides (``--verbose`` shows it), named one by
@@ -154,6 +159,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from satcompress.utils.lock import RunDirLockedError
 
     return (DatasetError, WeightsError, RunDirLockedError)
+
+
+def _runtime_errors() -> tuple[type[Exception], ...]:
+    """ONNX Runtime's load and run errors (imported only when an error needs matching)."""
+    from satcompress.runtime.onnx import ORT_ERRORS
+
+    return ORT_ERRORS
 
 
 def how_to_continue(args: argparse.Namespace) -> str:
