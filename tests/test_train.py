@@ -331,6 +331,8 @@ def test_cli_fine_tunes_another_datasets_weights_with_new_head(
     assert main([*args, "--run-dir", "plain", "--no-eval"]) == 2
     err = capsys.readouterr().err
     assert "a classifier for 3 classes" in err and "has 5" in err and "--new-head" in err, err
+    leftovers = [p.name for p in (tmp_path / "plain").glob("*")]
+    assert not {"config.yaml", "splits"} & set(leftovers), leftovers  # refused: nothing written
     assert main([*args, "--new-head", "--run-dir", "ft"]) == 0
     card = json.loads((tmp_path / "ft" / "model.json").read_text())
     assert card["initial_weights"] == {

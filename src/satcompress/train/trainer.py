@@ -234,7 +234,6 @@ def train(
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     dataset = dataset or load_config_dataset(config, progress)
-    dataset.write_split_files(run_dir / "splits")
     spec = resolve_input_spec(config, dataset)
     counts = ", ".join(f"{len(s.labels)} {name}" for name, s in dataset.splits.items())
     log.info(
@@ -246,6 +245,11 @@ def train(
     initial = None  # what the card records of the starting weights
     if model is None:
         model, initial = initial_model(config, len(dataset.classes))
+    # written once data and starting weights are known good: a refused run leaves nothing
+    atomic_write_bytes(
+        run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
+    )
+    dataset.write_split_files(run_dir / "splits")
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     task = ClassificationTask(model, spec, config, len(dataset.classes), loss=loss)
@@ -345,7 +349,7 @@ def _prepare_run_dir(
     last_ckpt: Path,
     checkpoint_io: AtomicCheckpointIO,
 ) -> str | None:
-    """Check the run directory and write ``config.yaml``; the checked checkpoint to resume."""
+    """Check the run directory; the checked checkpoint to resume."""
     saved = run_dir / "config.yaml"
     resume_from = None
     if resume:
@@ -364,8 +368,6 @@ def _prepare_run_dir(
         )
     else:
         _remove_partial_writes(last_ckpt.parent)
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    atomic_write_bytes(saved, text.encode())
     return resume_from
 
 
