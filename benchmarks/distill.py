@@ -268,7 +268,10 @@ def main() -> None:
             print(f"{row}: {record['accuracy'] * 100:.2f}% after {record['epochs']} epochs")
         if STUDENTS[student][4] and args.kd:
             kd_run = Path(records.get(f"{student}-kd")["run_dir"])
-            records.get_or_run(f"{student}-kd-int8", lambda r=kd_run: int8_record(r, dataset))
+            row = f"{student}-kd-int8"
+            record = records.get_or_run(row, lambda r=kd_run: int8_record(r, dataset))
+            if "derived_from" not in record:  # the report follows it to the KD student
+                records.put({**record, "derived_from": f"{student}-kd"})
     print(markdown_table(records.records))
 
 

@@ -192,6 +192,25 @@ def test_headline_rows_come_from_the_store(study):
     assert "Headline results on eurosat (resnet18)" in text
 
 
+def test_headline_kd_row_is_the_distilled_students_deployable_file(tmp_path):
+    # the student's int8 file names the KD record it came from: that is the deployable row
+    int8 = _record("mnv2-kd-int8", "mobilenet_v2", "eurosat", 0.928889, 885_108,
+                   "artifact-int8", {"stage": "quantize", "method": "ptq", "ptq": {}},
+                   derived_from="mnv2-kd")  # fmt: skip
+    unlinked = {k: v for k, v in int8.items() if k != "derived_from"}
+    for name, extra in (("linked", int8), ("unlinked", unlinked)):
+        (tmp_path / name).mkdir()
+        entries = load_study(_study(tmp_path / name, [*_records(), extra])).entries
+        rows = headline_markdown(entries).splitlines()
+        kd = next(line for line in rows if line.startswith("| KD student"))
+        if name == "linked":
+            assert kd.startswith("| KD student mobilenet_v2 (width 0.5) + PTQ |")
+            assert "**92.89%** | 885,108 | 50.5x | 8" in kd
+        else:  # without the link it is an ordinary PTQ file: the KD row is the fp32 student
+            assert kd.startswith("| KD student mobilenet_v2 (width 0.5) |")
+            assert "**93.17%** | 2,809,589" in kd
+
+
 def test_report_html_is_self_contained(report):
     page = report.html.read_text()
     assert page.count("data:image/png;base64,") == len(ALL_FIGURES)

@@ -157,7 +157,7 @@ def headline(entries: Sequence[Entry]) -> Headline:
     for e in baic:
         budgets.setdefault(_budget(e), e)
     rows += [(f"BAIC ≤ {byte_label(b)}", e) for b, e in budgets.items()] or [("BAIC", None)]
-    kd = [e for e in pool if e.technique == KD]
+    kd = [e for e in pool if e.technique == KD or _distilled_source(e, pool) is not None]
     small = min(kd, key=lambda e: (e.size_bytes or 0, -(e.accuracy or 0)), default=None)
     rows.append(("KD", small))
     found = [(label, e) for label, e in rows if e is not None]
@@ -165,11 +165,21 @@ def headline(entries: Sequence[Entry]) -> Headline:
     return Headline(dataset, family, found, missing)
 
 
-def _label(label: str, e: Entry) -> str:
+def _distilled_source(e: Entry, pool: Sequence[Entry]) -> Entry | None:
+    """The distilled (KD) record ``e`` was made from (its ``derived_from`` id), if any."""
+    source = e.record.get("derived_from")
+    found = [x for x in pool if source and x.id == source and x.source == e.source]
+    return found[0] if found and found[0].technique == KD else None
+
+
+def _label(label: str, e: Entry, pool: Sequence[Entry] = ()) -> str:
     if label == "KD":
-        widths = (e.record.get("recipe") or {}).get("model_kwargs") or {}
+        source = _distilled_source(e, pool)
+        student = source or e
+        widths = (student.record.get("recipe") or {}).get("model_kwargs") or {}
         width = f" (width {widths['width_mult']})" if "width_mult" in widths else ""
-        return f"KD student {e.model}{width}"
+        then = f" + {e.technique}" if source is not None else ""
+        return f"KD student {e.model}{width}{then}"
     return label
 
 
@@ -189,7 +199,7 @@ def headline_markdown(entries: Sequence[Entry]) -> str:
     for label, e in head.rows:
         ratio = ref / e.size_bytes if ref and e.size_bytes else None
         rows.append((
-            _label(label, e), e.model, f"**{pct(e.accuracy)}**", nbytes(e.size_bytes),
+            _label(label, e, entries), e.model, f"**{pct(e.accuracy)}**", nbytes(e.size_bytes),
             ratio_text(ratio), bits_label(e.record), ms(e.latency("bs1")),
         ))  # fmt: skip
     header = ("", "model", "test acc.", "deployable bytes", "vs fp32", "bits", "ms bs1")
