@@ -227,3 +227,32 @@ def test_small_model_baseline_is_distilled_quantized_to_fit_and_reused(trained_c
     assert weights.stat().st_mtime_ns == stamp
     with pytest.raises(ConfigError, match="not a known model"):
         BAICConfig(baselines=("small-model",), small_model="resnet1000")
+
+
+def test_a_diverging_fine_tune_is_retried_at_a_tenth_of_the_learning_rate(
+    trained_cnn, tmp_path, monkeypatch
+):
+    real, scales, rates = candidates_module._fine_tuned, [], []
+
+    def diverge_once(*args, lr_scale=1.0):
+        scales.append(lr_scale)
+        if len(scales) == 1:
+            raise FloatingPointError("training loss became nan at step 3")
+        model, train_config = real(*args, lr_scale=lr_scale)
+        rates.append(train_config and train_config.lr)  # None: no fine-tune (0 epochs)
+        return model, train_config
+
+    monkeypatch.setattr(candidates_module, "_fine_tuned", diverge_once)
+    config = BAICConfig(**{**FAST, "candidates": 1, "final_epochs": 0, "baselines": ()},
+                        budget="3x")  # fmt: skip
+    baic(trained_cnn, None, config, tmp_path / "r", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    first = records[0]
+    assert scales[:2] == [1.0, candidates_module.RETRY_LR_SCALE]
+    assert first["status"] == "ok" and first["accuracy"] is not None
+    assert "retried at a tenth of the learning rate" in first["note"]
+    # the retry trained at a tenth of the usual rate (a tenth of the recipe's 0.05), and its
+    # file's card records that rate
+    assert rates[0] == pytest.approx(0.05 / 10 * candidates_module.RETRY_LR_SCALE)
+    card = load_artifact(first["artifact"]).manifest["card"]
+    assert card["lineage"][-1]["train"]["lr"] == pytest.approx(rates[0])

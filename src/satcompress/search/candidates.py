@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 CANDIDATE_ARTIFACT = "model.satc"
+#: A fine-tune whose loss diverges is run once more with its learning rate scaled by this.
+RETRY_LR_SCALE = 0.1
 LATENCY = LatencyConfig(batch_sizes=(1,), warmup=5, runs=30)
 
 # Loaded model, dataset and teacher per source, so that serial candidates load them once.
@@ -152,11 +154,22 @@ def run_candidate(job: CandidateJob) -> dict[str, Any]:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     plan = CompressionPlan.from_dict(job.plan)
-    model, train_config = _fine_tuned(job, config, plan, trained, dataset, teacher)
+    note = None
+    try:
+        model, train_config = _fine_tuned(job, config, plan, trained, dataset, teacher)
+    except FloatingPointError as err:  # a plan that damages the model a lot can diverge
+        note = f"{err}: retried at a tenth of the learning rate"
+        log.warning("candidate %s: %s", job.id, note)
+        shutil.rmtree(run_dir / "train", ignore_errors=True)
+        model, train_config = _fine_tuned(
+            job, config, plan, trained, dataset, teacher, lr_scale=RETRY_LR_SCALE
+        )
     card = candidate_card(trained, dataset, config, plan, train_config)
     path = _write(model, trained, dataset, card, run_dir / CANDIDATE_ARTIFACT, config.lzma)
     size = path.stat().st_size
     record = _record(job, size)
+    if note:
+        record["note"] = note
     if job.budget_bytes is not None and size > job.budget_bytes:
         record["status"] = "over-budget"
     measured = evaluate_artifact(
@@ -254,8 +267,13 @@ def _fine_tuned(
     trained: TrainedModel,
     dataset: SceneDataset,
     teacher: Any,
+    lr_scale: float = 1.0,
 ) -> tuple[torch.nn.Module, Any]:
-    """The plan applied to the input model and fine-tuned with distillation from the teacher."""
+    """The plan applied to the input model and fine-tuned with distillation from the teacher.
+
+    Raises:
+        FloatingPointError: If the fine-tune's loss diverges (NaN or infinite).
+    """
     import lightning as L
 
     from satcompress.compress.distill.loss import DistillationLoss
@@ -277,6 +295,8 @@ def _fine_tuned(
         overrides["batch_size"] = config.batch_size
     qat = QATConfig(epochs=max(1, job.epochs), lr=config.lr)
     train_config = qat_train_config(trained.card, qat, spec, overrides)
+    if lr_scale != 1.0:
+        train_config = train_config.replace(lr=train_config.lr * lr_scale)
     if job.epochs == 0:
         return model.eval(), None
     layer_bits = dict(model.layer_bits)
