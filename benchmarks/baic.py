@@ -61,6 +61,12 @@ DEFAULT_ROWS = ("resnet18-1MB", "resnet18-fp32-epoch", "resnet18-500kB", "resnet
 def main() -> None:
     parser = benchmark_parser(__doc__, "results/baic.json")
     parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS))
+    parser.add_argument(
+        "--redo",
+        action="store_true",
+        help="recompute the rows even if saved: a search resumes from its run directory, so "
+        "only its unfinished or failed candidates run again (and the file is re-measured)",
+    )
     parser.add_argument("--checkpoint", type=Path, default=SHARED_RESNET18)
     parser.add_argument("--candidates", type=int, default=3)
     parser.add_argument("--candidate-batches", type=int, default=40)
@@ -89,7 +95,7 @@ def main() -> None:
     datasets = _Datasets(args.data_dir)
     for row in args.rows:
         row_id = row if row.endswith("fp32-epoch") else _row_id(row, args.baselines)
-        if records.get(row_id) is not None:
+        if records.get(row_id) is not None and not args.redo:
             print(f"{row_id}: done")
             continue
         source_name = row.split("-")[0]
