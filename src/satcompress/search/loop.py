@@ -877,7 +877,14 @@ def _finish(search: _Search, final: dict[str, Any]) -> StageResult:
             ),
             2,
         )
-    search.seconds["final"] = round(float(final.get("seconds") or 0.0), 2)
+    search.seconds["final"] = round(  # every final fine-tune, refused ones (over budget) too
+        sum(
+            float(r.get("seconds") or 0.0)
+            for r in search.done.values()
+            if r["kind"] == "final" and not r.get("reused_from")
+        ),
+        2,
+    )
     # a resumed search costs what all its runs did: the phases, not this run's wall time
     wall = time.perf_counter() - search.started
     total = round(max(wall, sum(search.seconds.values())), 2)
