@@ -112,18 +112,20 @@ def main() -> None:
 
 
 def attach_trajectories(records: RecordList) -> None:
-    """Give rows saved before summaries carried it their search's trajectory.
+    """Give each row its search's trajectory, where its run directory still is.
 
     The trajectory (the candidates in the order they finished) is read from the row's
-    ``candidates.jsonl``, where that run directory still is.
+    ``candidates.jsonl``: rows saved before summaries carried one get it, and rows whose
+    stored one differs (an earlier rule marked refused final files as chosen) are updated.
     """
     for record in list(records.records):
         summary = record.get("baic")
-        if not summary or summary.get("candidates"):
+        log = CandidateLog(Path(summary["artifact"]).parent / CANDIDATES_FILE) if summary else None
+        if log is None or not log.path.is_file():
             continue
-        log = CandidateLog(Path(summary["artifact"]).parent / CANDIDATES_FILE)
-        if log.path.is_file():
-            records.put({**record, "baic": {**summary, "candidates": trajectory(log.records())}})
+        found = trajectory(log.records())
+        if summary.get("candidates") != found:
+            records.put({**record, "baic": {**summary, "candidates": found}})
 
 
 class _Datasets:

@@ -256,3 +256,20 @@ def test_a_diverging_fine_tune_is_retried_at_a_tenth_of_the_learning_rate(
     assert rates[0] == pytest.approx(0.05 / 10 * candidates_module.RETRY_LR_SCALE)
     card = load_artifact(first["artifact"]).manifest["card"]
     assert card["lineage"][-1]["train"]["lr"] == pytest.approx(rates[0])
+
+
+def test_trajectory_marks_only_the_saved_final_file():
+    from satcompress.search.loop import trajectory
+
+    records = [
+        {"id": "baic-1", "kind": "baic", "status": "failed", "bytes": None},
+        {"id": "final", "kind": "final", "status": "over-budget", "bytes": 501_000},
+        {"id": "baic-1", "kind": "baic", "status": "ok", "bytes": 499_000},  # retried
+        {"id": "final-2", "kind": "final", "status": "ok", "bytes": 498_700, "plan": {}},
+    ]
+    shown = trajectory(records)
+    assert [(c["id"], c["status"]) for c in shown] == [
+        ("baic-1", "ok"), ("final", "over-budget"), ("final-2", "ok"),
+    ]  # fmt: skip
+    assert [c["id"] for c in shown if c.get("chosen")] == ["final-2"]
+    assert "plan" not in shown[-1]

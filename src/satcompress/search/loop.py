@@ -268,7 +268,7 @@ class _Search:
                 self.say(f"candidate {job.id}: done in an earlier run, reused")
             elif self._twin(job) is not None:
                 self._reuse(job)
-            elif any(_same_work(job, other) for other in todo):
+            elif any(_same_work(job, other, self.source) for other in todo):
                 twins.append(job)
             else:
                 todo.append(job)
@@ -290,7 +290,7 @@ class _Search:
     def _twin(self, job: CandidateJob) -> dict[str, Any] | None:
         """A finished record of the same plan, fine-tune and split."""
         for record in self.done.values():
-            if record["status"] == "ok" and _same_work(job, record):
+            if record["status"] == "ok" and _same_work(job, record, self.source):
                 return record
         return None
 
@@ -309,16 +309,17 @@ class _Search:
         return old is not None and old["status"] != "failed"
 
 
-def _same_work(job: CandidateJob, other: CandidateJob | dict[str, Any]) -> bool:
+def _same_work(job: CandidateJob, other: CandidateJob | dict[str, Any], input_source: str) -> bool:
     """Whether two candidates train and score the same model: source, plan, fine-tune, split.
 
-    Records written before records named their source are of the input model.
+    ``other`` is a job or a record; records written before records named their source are
+    of the input model (``input_source``).
     """
-    fields = ("plan", "epochs", "batches", "split")
+    fields = ("plan", "epochs", "batches", "split", "source")
     if isinstance(other, dict):
-        source = other.get("source", job.source if job.kind != KIND else None)
-        return source == job.source and all(getattr(job, f) == other.get(f) for f in fields)
-    return all(getattr(job, f) == getattr(other, f) for f in (*fields, "source"))
+        other = {"source": input_source, **other}
+        return all(getattr(job, f) == other.get(f) for f in fields)
+    return all(getattr(job, f) == getattr(other, f) for f in fields)
 
 
 @holds_run_lock
@@ -968,14 +969,15 @@ TRAJECTORY_FIELDS = (
 def trajectory(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every candidate in the order it finished, without its plan (the search's trajectory).
 
-    The last record of an id wins (a resumed run may have retried one); the final file's
-    record is marked ``chosen``.
+    The last record of an id wins (a resumed run may have retried one); the saved file's
+    record (the last final fine-tune within the budget) is marked ``chosen``.
     """
-    latest = {r["id"]: r for r in records}
+    latest = list({r["id"]: r for r in records}.values())
+    finals = [r["id"] for r in latest if r["kind"] == "final" and r["status"] == "ok"]
     shown = []
-    for record in latest.values():
+    for record in latest:
         entry = {k: record.get(k) for k in TRAJECTORY_FIELDS}
-        if record["kind"] == "final":
+        if finals and record["id"] == finals[-1]:
             entry["chosen"] = True
         shown.append(entry)
     return shown
@@ -1013,7 +1015,7 @@ def _summary(
         "time_seconds": {**search.seconds, "total": total},
         "measure": {**search.measured.summary(), "wall_seconds": search.measure_wall},
         "config": search.config.to_dict(),
-        "candidates": trajectory(search.log.records()),
+        "candidates": trajectory(list(search.done.values())),
         "environment": environment(),
     }
 

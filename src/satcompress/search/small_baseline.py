@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from satcompress.artifact.encode import BytePredictor
-from satcompress.card import training_recipe
 from satcompress.checkpoint import TrainedModel
 from satcompress.compress.plan import CompressionPlan, LayerPlan
 from satcompress.compress.quantize.qat import quantizable_layers
@@ -31,6 +30,7 @@ from satcompress.search.allocate import InfeasibleBudgetError
 from satcompress.search.budget import format_bytes
 from satcompress.search.candidates import manifest_estimate
 from satcompress.train import TrainConfig
+from satcompress.train.config import recipe_fields
 from satcompress.utils.io import atomic_write_json
 
 __all__ = ["KIND", "SmallModel", "fitting_bits", "small_model"]
@@ -79,14 +79,11 @@ def small_model(
         seconds = float(json.loads(timing.read_text())["seconds"])
         return SmallModel(run_dir, load(run_dir), seconds, teacher)
     started = time.perf_counter()
-    recipe = {**training_recipe(trained.card), "limit_batches": None}
-    recipe.update(
-        model=config.small_model,
-        model_kwargs=config.small_kwargs,
-        epochs=config.small_epochs,
-        seed=config.seed,
-    )
-    train_config = TrainConfig(**{k: v for k, v in recipe.items() if k in _train_fields()})
+    train_config = TrainConfig.from_dict({
+        **recipe_fields(trained.card),
+        "limit_batches": None, "model": config.small_model, "model_kwargs": config.small_kwargs,
+        "epochs": config.small_epochs, "seed": config.seed,
+    })  # fmt: skip
     result = distill(
         teacher, dataset, config.distill, run_dir, train_config=train_config,
         resume=(run_dir / "checkpoints" / "last.ckpt").is_file(), evaluate_model=False,
@@ -139,7 +136,3 @@ def fitting_bits(
         f"{format_bytes(budget)}",
         min_bytes=smallest,
     )
-
-
-def _train_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(TrainConfig)}

@@ -182,6 +182,17 @@ class TrainConfig(Config):
         return self.replace(**changes) if changes else self
 
 
+def recipe_fields(card: dict[str, Any]) -> dict[str, Any]:
+    """The training recipe a model card records, as :class:`TrainConfig` fields.
+
+    :func:`satcompress.card.training_recipe`, less any key that is not a field (older cards).
+    """
+    from satcompress.card import training_recipe
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in training_recipe(card).items() if k in names}
+
+
 def absolute_path(path: str | Path) -> str:
     """``path`` (``~`` expanded, relative to the working folder) as an absolute string."""
     return str(Path(path).expanduser().resolve())

@@ -45,7 +45,6 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from satcompress.card import check_classes as check_card_classes
-from satcompress.card import training_recipe
 from satcompress.checkpoint import TrainedModel, load_trained, pruning_architecture
 from satcompress.compress.distill import DistillationLoss, check_teacher_classes, load_teacher
 from satcompress.compress.quantize.config import FLOAT_BITS, QATConfig
@@ -56,6 +55,7 @@ from satcompress.models.pruned import rebuild
 from satcompress.models.weights import save_weights
 from satcompress.preprocess import InputSpec, Preprocess
 from satcompress.train import TrainConfig, TrainResult, load_config_dataset, make_card, train
+from satcompress.train.config import recipe_fields
 from satcompress.utils.io import atomic_write_bytes, atomic_write_json, file_digest
 from satcompress.utils.lock import holds_run_lock
 
@@ -539,8 +539,7 @@ def qat_train_config(
     learning rate (unless ``config.lr``), a cosine schedule with a short warm-up, no EMA,
     and the checkpoint's exact normalisation; ``overrides`` win over all of these.
     """
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    recipe = {k: v for k, v in training_recipe(card).items() if k in names}
+    recipe = recipe_fields(card)
     base_lr = float(recipe.get("lr", TrainConfig.lr))
     values = {
         **recipe,
