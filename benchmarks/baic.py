@@ -10,6 +10,8 @@ Rows (``--rows``):
 * ``resnet18-<budget>``: ``satcompress baic`` from the shared ResNet-18 at that budget
   (1MB, 500kB, 250kB, 3MB by default), with the uniform and greedy baselines;
 * ``resnet18-1MB-latency``: 1 MB and half the fp32 model's batch-1 latency;
+* ``<row>-sparse``: the row with unstructured sparsity as a search option too
+  (``--sparsities``, 0.5/0.75/0.9 by default), in its own run directory;
 * ``resnet18-fp32-epoch``: one plain fp32 training epoch of the same model on the same
   machine (its recipe, full training split): the unit of the search's cost.
 * ``ucmerced-fp32``: a UC Merced ResNet-18 at 128 px, fine-tuned from the shared EuroSAT
@@ -72,6 +74,13 @@ def main() -> None:
     parser.add_argument("--candidate-batches", type=int, default=40)
     parser.add_argument("--final-epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--sparsities",
+        type=float,
+        nargs="+",
+        default=[0.5, 0.75, 0.9],
+        help="unstructured sparsities a layer may add in ``-sparse`` rows",
+    )
     parser.add_argument("--ucm-epochs", type=int, default=8, help="UC Merced fine-tune epochs")
     parser.add_argument(
         "--baselines",
@@ -199,9 +208,11 @@ def search_row(args: Any, datasets: _Datasets, row: str, records: RecordList) ->
             raise SystemExit(f"{row} needs {source_name}-{budget} first (its fp32 latency)")
         latency = round(before / 2, 4)
     small = parse_budget(budget, reference_bytes=10**9) < 10**6
-    ratios = {"channel_ratios": tuple(args.small_channel_ratios)} if small else {}
+    options: dict[str, Any] = {"channel_ratios": tuple(args.small_channel_ratios)} if small else {}
+    if row.endswith("-sparse"):
+        options["sparsities"] = tuple(args.sparsities)
     config = BAICConfig(
-        **ratios,
+        **options,
         budget=budget, latency_budget_ms=latency, candidates=args.candidates,
         candidate_batches=args.candidate_batches, final_epochs=args.final_epochs,
         workers=args.workers, baselines=tuple(args.baselines),
@@ -283,6 +294,8 @@ def table(records: list[dict[str, Any]]) -> str:
         budget = format_bytes(summary["budget_bytes"])
         if summary.get("latency_budget_ms"):
             budget += f", {summary['latency_budget_ms']:.2f} ms"
+        if summary.get("config", {}).get("sparsities"):
+            budget += ", +sparsity"
         lines.append(
             f"| {dataset} | {record.get('model', '')} | {budget} "
             f"| {format_bytes(summary['bytes'])} | {accuracy} "
