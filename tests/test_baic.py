@@ -30,6 +30,11 @@ FAST = {
 }
 
 
+def _candidates(run_dir):
+    """The search's candidate records, in the order written."""
+    return [json.loads(line) for line in (run_dir / "candidates.jsonl").open()]
+
+
 @pytest.mark.parametrize("budget", ["3x", "6x"])
 def test_saved_file_fits_the_budget_and_beats_nothing_silently(trained_cnn, tmp_path, budget):
     result = baic(trained_cnn, None, BAICConfig(budget=budget, **FAST), tmp_path / "r",
@@ -40,7 +45,7 @@ def test_saved_file_fits_the_budget_and_beats_nothing_silently(trained_cnn, tmp_
     assert saved.stat().st_size == summary["bytes"] <= limit == summary["budget_bytes"]
     assert result.record["size_bytes"] == saved.stat().st_size
     # every candidate file on disk is within the budget, or marked and never saved
-    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    records = _candidates(tmp_path / "r")
     kinds = {r["kind"] for r in records}
     assert {"baic", "uniform", "greedy", "final", "input"} <= kinds
     for record in records:
@@ -63,7 +68,7 @@ def test_file_over_the_predicted_size_is_never_saved(trained_cnn, tmp_path, monk
     monkeypatch.setattr(baic_module, "exact_bytes", lambda p, plan: int(real(p, plan) * 0.9))
     config = BAICConfig(budget="5x", baselines=(), **{**FAST, "candidates": 1})
     result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
-    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    records = _candidates(tmp_path / "r")
     assert any(r["status"] == "over-budget" for r in records)  # the retry was forced
     assert (tmp_path / "r" / "model.satc").stat().st_size <= result.details["budget_bytes"]
 
@@ -107,6 +112,13 @@ def test_interrupted_search_resumes_from_the_last_finished_candidate(
     fewer = BAICConfig(budget="4x", baselines=("uniform",), workers=2, **FAST)
     again = baic(trained_cnn, None, fewer, tmp_path / "r", progress=False)
     assert calls == [] and again.details["bytes"] == result.details["bytes"]
+    # a longer final fine-tune reuses the search and fine-tunes the final file again
+    longer = BAICConfig(budget="4x", **{**FAST, "final_epochs": 2})
+    final = baic(trained_cnn, None, longer, tmp_path / "r", progress=False)
+    assert calls == ["final"]
+    finals = [r for r in _candidates(tmp_path / "r") if r["id"] == "final"]
+    assert [r["epochs"] for r in finals] == [1, 2]
+    assert (tmp_path / "r" / "model.satc").stat().st_size <= final.details["budget_bytes"]
 
 
 def test_uniform_baseline_is_one_bit_width_everywhere(trained_cnn, tmp_path):
@@ -114,7 +126,7 @@ def test_uniform_baseline_is_one_bit_width_everywhere(trained_cnn, tmp_path):
         budget="4x", baselines=("uniform",), **{**FAST, "candidates": 1, "uniform_pairs": 2}
     )
     result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
-    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    records = _candidates(tmp_path / "r")
     uniform = next(r for r in records if r["kind"] == "uniform")
     bits = {entry.get("bits") for entry in uniform["plan"]["layers"].values()}
     ratios = {entry.get("channel_ratio", 0.0) for entry in uniform["plan"]["layers"].values()}
@@ -130,7 +142,7 @@ def test_uniform_baseline_is_one_bit_width_everywhere(trained_cnn, tmp_path):
 def test_worker_processes_run_candidates(trained_cnn, tmp_path):
     config = BAICConfig(budget="4x", workers=2, **{**FAST, "candidates": 1})
     result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
-    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    records = _candidates(tmp_path / "r")
     assert {r["id"] for r in records} >= {"baic-1", "uniform", "greedy"}
     assert all(r["status"] == "ok" for r in records)
     assert result.details["bytes"] <= result.details["budget_bytes"]
@@ -208,7 +220,7 @@ def test_small_model_baseline_is_distilled_quantized_to_fit_and_reused(trained_c
                         small_model="test_mobilenet", small_model_kwargs={}, small_epochs=1,
                         budget="2x")  # fmt: skip
     result = baic(trained_cnn, None, config, tmp_path / "r", progress=False)
-    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    records = _candidates(tmp_path / "r")
     (small,) = [r for r in records if r["kind"] == "small-model"]
     assert small["status"] == "ok" and 0 < small["bytes"] <= result.details["budget_bytes"]
     assert small["source"].endswith("student") and small["accuracy"] is not None
@@ -246,7 +258,7 @@ def test_a_diverging_fine_tune_is_retried_at_a_tenth_of_the_learning_rate(
     config = BAICConfig(**{**FAST, "candidates": 1, "final_epochs": 0, "baselines": ()},
                         budget="3x")  # fmt: skip
     baic(trained_cnn, None, config, tmp_path / "r", progress=False)
-    records = [json.loads(line) for line in (tmp_path / "r" / "candidates.jsonl").open()]
+    records = _candidates(tmp_path / "r")
     first = records[0]
     assert scales[:2] == [1.0, candidates_module.RETRY_LR_SCALE]
     assert first["status"] == "ok" and first["accuracy"] is not None

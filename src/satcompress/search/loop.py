@@ -304,9 +304,16 @@ class _Search:
 
     def _finished(self, job: CandidateJob) -> bool:
         # by id: a resumed search allocates with what earlier runs measured (the byte
-        # correction), so a later candidate's plan may differ; the finished one stands
+        # correction), so a later candidate's plan may differ; the finished one stands,
+        # unless its fine-tune differs (a longer final asked for on resume)
         old = self.done.get(job.id)
-        return old is not None and old["status"] != "failed"
+        if old is None or old["status"] == "failed":
+            return False
+        return all(old.get(f, getattr(job, f)) == getattr(job, f) for f in FINE_TUNE_FIELDS)
+
+
+#: A candidate record's fine-tune: a finished record with other values is not the job's.
+FINE_TUNE_FIELDS = ("epochs", "batches", "split")
 
 
 def _same_work(job: CandidateJob, other: CandidateJob | dict[str, Any], input_source: str) -> bool:
@@ -399,11 +406,13 @@ def _printer(progress: bool) -> Callable[[str], None]:
     return say
 
 
-#: Settings a resumed search may change: how it runs, and baselines added beside the search
-#: (a baseline's result is kept by its id; none of them changes a BAIC candidate).
+#: Settings a resumed search may change: how it runs, baselines added beside the search (a
+#: baseline's result is kept by its id; none of them changes a BAIC candidate), and the final
+#: fine-tune's length (the search is reused; the final file is fine-tuned again).
 FREE_ON_RESUME = frozenset(
-    {"workers", "executor", "ray_address", "time_limit", "baselines", "uniform_pairs"}
-)
+    {"workers", "executor", "ray_address", "time_limit", "baselines", "uniform_pairs",
+     "final_epochs"}
+)  # fmt: skip
 
 
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
@@ -769,7 +778,9 @@ def _final(search: _Search) -> dict[str, Any]:
     started = time.perf_counter()
     if config.final_epochs == 0 and not _over_latency(search, best):
         search.say(f"step 4/4 final: {best['id']} as it is (final_epochs=0), test split")
-        record = search.done.get("final") or _scored_on_test(search, best)
+        earlier = search.done.get("final")
+        reuse = earlier is not None and earlier.get("epochs") == 0
+        record = earlier if reuse else _scored_on_test(search, best)
         search.seconds["final"] = round(time.perf_counter() - started, 2)
         return record
     search.say(
