@@ -33,6 +33,14 @@ def eurosat_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
+@pytest.fixture(scope="module")
+def dataset(eurosat_root: Path):  # noqa: ANN201 (imports torch only when a test needs it)
+    """The fixture EuroSAT loaded (each test module gets its own copy)."""
+    from satcompress.data import load_dataset
+
+    return load_dataset("eurosat", eurosat_root, progress=False)
+
+
 @pytest.fixture(scope="session")
 def ucmerced_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Data folder with ``UCMerced_LandUse/Images/<class>/*.tif`` (5 per class, some odd sizes)

@@ -1,4 +1,5 @@
 import copy
+import functools
 import json
 import math
 import shutil
@@ -23,35 +24,18 @@ from satcompress.compress.distill import (
 from satcompress.compress.distill.loss import cache_enabled
 from satcompress.compress.distill.teacher import TeacherMismatchError
 from satcompress.config import ConfigError
-from satcompress.data import load_dataset
 from satcompress.evaluate import evaluate
 from satcompress.models import create_model
 from satcompress.preprocess import AugmentConfig, InputSpec
 from satcompress.train import TrainConfig, train
+from tiny_training import tiny_train_config
 
 STUDENT_LOGITS = [[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]]
 TEACHER_LOGITS = [[3.0, 0.0, -2.0], [-1.0, 0.5, 2.0]]
 LABELS = [0, 2]
 
 
-def _config(data_dir, **overrides):
-    values = dict(
-        model="test_cnn",
-        dataset="eurosat",
-        data_dir=str(data_dir),
-        epochs=1,
-        batch_size=16,
-        lr=0.05,
-        ema_decay=None,
-        seed=0,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def dataset(eurosat_root):
-    return load_dataset("eurosat", eurosat_root, progress=False)
+_config = functools.partial(tiny_train_config, epochs=1)
 
 
 @pytest.fixture(scope="module")

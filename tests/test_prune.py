@@ -17,7 +17,6 @@ from satcompress.compress.prune import (
     StructuredPruner,
 )
 from satcompress.config import ConfigError
-from satcompress.data import load_dataset
 from satcompress.evaluate import evaluate
 from satcompress.models import create_model
 from satcompress.pipeline import prune
@@ -26,11 +25,6 @@ from satcompress.runtime.onnx import make_session, run_session
 from satcompress.train import TrainConfig
 
 VIT_SPEC = InputSpec(size=32)
-
-
-@pytest.fixture(scope="module")
-def dataset(eurosat_root):
-    return load_dataset("eurosat", eurosat_root, progress=False)
 
 
 def _train_config(data_dir, model="test_resnet", **overrides):

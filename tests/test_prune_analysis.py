@@ -8,7 +8,6 @@ import pytest
 from satcompress.cli import main
 from satcompress.compress.prune import PruningError, VitLayersConfig, vit_layer_importance
 from satcompress.config import ConfigError
-from satcompress.data import load_dataset
 from satcompress.models import create_model
 from satcompress.pipeline.sensitivity import (
     LayerSensitivityConfig,
@@ -22,11 +21,6 @@ from satcompress.train import TrainConfig, train
 from satcompress.utils.cache import JsonCache
 
 sensitivity_module = importlib.import_module("satcompress.pipeline.sensitivity")
-
-
-@pytest.fixture(scope="module")
-def dataset(eurosat_root):
-    return load_dataset("eurosat", eurosat_root, progress=False)
 
 
 def _counting(monkeypatch):

@@ -22,18 +22,12 @@ from satcompress.compress.prune import (
     sparsity_report,
 )
 from satcompress.config import ConfigError
-from satcompress.data import load_dataset
 from satcompress.models import create_model
 from satcompress.pipeline import prune
 from satcompress.preprocess import InputSpec
 from satcompress.train import TrainConfig
 
 CARD = {"model": "test_cnn", "model_kwargs": {}}
-
-
-@pytest.fixture(scope="module")
-def dataset(eurosat_root):
-    return load_dataset("eurosat", eurosat_root, progress=False)
 
 
 def _train_config(data_dir, **overrides):

@@ -22,7 +22,6 @@ from satcompress.compress.quantize import (
 )
 from satcompress.compress.quantize.qat import output_quantizers, quant_layers
 from satcompress.config import ConfigError
-from satcompress.data import load_dataset
 from satcompress.evaluate.artifact import pytorch_accuracy
 from satcompress.models import create_model
 from satcompress.models.deployable import export_onnx
@@ -33,11 +32,6 @@ from satcompress.train import TrainConfig, train
 from satcompress.train.task import SupervisedLoss
 
 SPEC = InputSpec(mean=(0.4, 0.5, 0.3), std=(0.2, 0.2, 0.25))
-
-
-@pytest.fixture(scope="module")
-def dataset(eurosat_root):
-    return load_dataset("eurosat", eurosat_root, progress=False)
 
 
 @pytest.fixture(scope="module")

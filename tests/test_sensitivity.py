@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from satcompress.config import ConfigError
-from satcompress.data import load_dataset
 from satcompress.models import create_model
 from satcompress.models.weights import save_weights
 from satcompress.pipeline.sensitivity import (
@@ -35,11 +34,6 @@ CONFIG = LayerSensitivityConfig(
     num_images=32,
     calibration_images=8,
 )
-
-
-@pytest.fixture(scope="module")
-def dataset(eurosat_root):
-    return load_dataset("eurosat", eurosat_root, progress=False)
 
 
 def _trained(name: str, dataset, steps: int = 40, **kwargs) -> nn.Module:

@@ -13,26 +13,9 @@ from satcompress.data import load_dataset
 from satcompress.models import load_weights
 from satcompress.train import TrainConfig, resolve_input_spec, train
 from satcompress.train.task import _frozen_norm_statistics, _parameter_groups
+from tiny_training import tiny_train_config
 
-
-def _config(data_dir, **overrides):
-    values = dict(
-        model="test_cnn",
-        dataset="eurosat",
-        data_dir=str(data_dir),
-        epochs=3,
-        batch_size=16,
-        lr=0.05,
-        ema_decay=None,
-        seed=0,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def dataset(eurosat_root):
-    return load_dataset("eurosat", eurosat_root, progress=False)
+_config = tiny_train_config
 
 
 def test_train_writes_a_complete_run_and_learns(eurosat_root, dataset, tmp_path):
