@@ -209,3 +209,27 @@ def test_encoded_qat_plan_runs_in_onnx_runtime_like_the_fake_quant_model(tmp_pat
     error = np.abs(exported - reference)
     assert error.mean() <= 0.01 * np.abs(reference).mean()
     assert (exported.argmax(1) == reference.argmax(1)).mean() >= 0.95
+
+
+def test_one_bit_layer_with_an_all_zero_channel_is_predicted_encoded_and_run(tmp_path):
+    # unstructured pruning can empty a whole output channel of a small layer (the search
+    # crashed on ResNet-9's 27-weight stem channels at sparsity 0.75): at 1 bit that channel's
+    # scale, its mean |w|, was 0 and its codes 0/0
+    model = _model("test_cnn")
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        first.weight[:2].zero_()
+    images = _images(32)
+    x = Preprocess(SPEC)(torch.from_numpy(images))
+    plan = CompressionPlan(default=LayerPlan(bits=1))
+    predicted = BytePredictor(model, SPEC, (32, 32), info=INFO).predict(plan)
+    applied = apply_plan(model, plan, x[:2], [x])
+    path = encode(applied, SPEC, (32, 32), info=INFO).write(tmp_path / "m.satc")
+    assert abs(predicted - path.stat().st_size) <= 0.01 * path.stat().st_size
+    exported = run_session(
+        make_session(load_artifact(path).save_onnx(tmp_path / "m.onnx"), 1), images
+    )
+    with torch.no_grad():
+        reference = applied(x).numpy()
+    assert np.isfinite(exported).all()
+    assert (exported.argmax(1) == reference.argmax(1)).mean() >= 0.95

@@ -83,12 +83,15 @@ class BinaryWeightPerChannel(SignedBinaryWeightPerTensorConst):
     """1-bit weights: ``sign(w)`` times a learned per-output-channel scale.
 
     Brevitas ships binary quantizers with a constant per-tensor scale only; this one starts
-    from each channel's mean absolute weight (XNOR-Net) and learns it.
+    from each channel's mean absolute weight (XNOR-Net) and learns it. The scale has
+    Brevitas's usual floor: an all-zero channel (unstructured pruning can leave one in a small
+    layer) would otherwise get scale 0, and its codes 0/0.
     """
 
     scaling_impl_type = ScalingImplType.PARAMETER_FROM_STATS
     scaling_stats_op = StatsOp.AVE
     scaling_per_output_type = ScalingPerOutputType.CHANNEL
+    scaling_min_val = 1e-10
 
 
 @dataclasses.dataclass
