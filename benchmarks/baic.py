@@ -277,11 +277,11 @@ def table(records: list[dict[str, Any]]) -> str:
         if any(kind in r["baic"].get("baselines", {}) for r in shown)
     ]
     lines = [
-        "| data | model | budget | file on disk | test acc (fp32) | uniform (val) "
+        "| row | data | model | budget | file on disk | test acc (fp32) | uniform (val) "
         "| BAIC cand. (val) | greedy (val) "
         + "".join(f"| {title} " for _, title in extra)
         + "| latency bs1 | search time |",
-        "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|---:|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(extra) + "---:|---:|",
     ]
     for record in shown:
         summary = record["baic"]
@@ -297,7 +297,7 @@ def table(records: list[dict[str, Any]]) -> str:
         if summary.get("config", {}).get("sparsities"):
             budget += ", +sparsity"
         lines.append(
-            f"| {dataset} | {record.get('model', '')} | {budget} "
+            f"| `{record['id']}` | {dataset} | {record.get('model', '')} | {budget} "
             f"| {format_bytes(summary['bytes'])} | {accuracy} "
             f"| {_acc((base.get('uniform') or {}).get('accuracy'))} "
             f"| {_acc(summary.get('val_accuracy'))} "
