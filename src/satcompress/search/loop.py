@@ -657,7 +657,8 @@ def _baseline_plans(search: _Search, problem: AllocationProblem, name: str) -> l
     """
     if name == "greedy":
         return [search.fit(_greedy_solver, problem, search.budget, name)]
-    widths = sorted({b for o in problem.layers.values() for b in o.options if b is not None})
+    # dense bit-widths only: a uniform plan is one width and one ratio, never sparse
+    widths = sorted({b for o in problem.layers.values() for b in o.options if isinstance(b, int)})
     plans, error = [], None
     for width in widths:
         solver = functools.partial(_uniform_solver, bits=width)
