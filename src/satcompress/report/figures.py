@@ -144,13 +144,21 @@ def _pareto_panel(ax: Any, points: list[Entry], colours: dict[str, str], dataset
 
 
 def _annotate_baic(ax: Any, chosen: list[Entry]) -> None:
-    """Label BAIC's files with their budget and accuracy, staggered so labels do not collide."""
-    for i, p in enumerate(sorted(chosen, key=lambda p: p.size_bytes or 0)):
+    """Label the most accurate BAIC file of each budget (budget, accuracy, model), staggered.
+
+    One label per budget: several searches at one budget (other models, options) would
+    otherwise stack their labels on one spot; their stars stay.
+    """
+    best: dict[Any, Entry] = {}
+    for p in chosen:
         summary = p.record.get("baic") if isinstance(p.record.get("baic"), dict) else {}
         budget = summary.get("budget_bytes")
+        if budget not in best or (p.accuracy or 0) > (best[budget].accuracy or 0):
+            best[budget] = p
+    for i, (budget, p) in enumerate(sorted(best.items(), key=lambda b: b[1].size_bytes or 0)):
         name = f"BAIC ≤ {byte_label(budget)}" if budget else "BAIC"
         ax.annotate(
-            f"{name}\n{100 * (p.accuracy or 0):.2f}%",
+            f"{name}\n{100 * (p.accuracy or 0):.2f}% {p.model}",
             (p.size_bytes, 100 * (p.accuracy or 0)),
             xytext=(10, -34 - 22 * (i % 2)),
             textcoords="offset points",

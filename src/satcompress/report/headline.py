@@ -175,18 +175,16 @@ def _best_under(pool: Sequence[Entry], budgets: dict[float, Entry]) -> list[tupl
 
     The question a user with a byte budget asks: the best file that fits, whichever of the
     study's models it was made from (a ResNet-9 compressed to 1 MB may beat the ResNet-18's).
+    A file already shown for a smaller budget is not repeated for a larger one.
     """
-    rows = []
-    for limit, chosen in budgets.items():
+    rows: dict[float, Entry] = {}
+    for limit in sorted(budgets):
         fits = [e for e in pool if e.technique != FP32 and 0 < (e.size_bytes or 0) <= limit]
         best = _best(fits)
-        if (
-            best is not None
-            and best is not chosen
-            and (best.accuracy or 0) > (chosen.accuracy or 0)
-        ):
-            rows.append((f"best ≤ {byte_label(limit)}, any model", best))
-    return rows
+        shown = best is not None and any(best is e for e in rows.values())
+        if best is not None and not shown and (best.accuracy or 0) > (budgets[limit].accuracy or 0):
+            rows[limit] = best
+    return [(f"best ≤ {byte_label(b)}, any model", rows[b]) for b in budgets if b in rows]
 
 
 def _distilled_source(e: Entry, pool: Sequence[Entry]) -> Entry | None:
