@@ -44,7 +44,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--candidates", type=int, help="most BAIC plans fine-tuned")
     parser.add_argument("--candidate-epochs", type=int, help="fine-tune epochs per candidate")
     parser.add_argument("--candidate-batches", type=int, help="batches per candidate epoch")
-    parser.add_argument("--final-epochs", type=int, help="fine-tune epochs of the chosen plan")
+    parser.add_argument(
+        "--final-epochs",
+        type=int,
+        help="fine-tune epochs of the chosen plan (may change when resuming a --run-dir: the "
+        "search is reused and only the final file fine-tuned again)",
+    )
     parser.add_argument("--baseline-epochs", type=int, help="fine-tune epochs of the baselines")
     parser.add_argument("--bits", help="bit-widths a layer may get, e.g. 8,6,4,3,2,1")
     parser.add_argument("--channel-ratios", help="prune ratios a group may get, e.g. 0.25,0.5")
