@@ -120,6 +120,13 @@ def report(study, tmp_path_factory):
         ({"format": "onnx-fp32", "recipe": {"stage": "distill"}}, KD),
         ({"format": "artifact-int8", "recipe": {"stage": "quantize", "method": "ptq"}}, PTQ),
         ({"format": "artifact-int2-mixed", "recipe": _qat(2)}, QAT),
+        # QAT for zero epochs: calibrated, never trained
+        ({"format": "artifact-int2-mixed",
+          "recipe": {"stage": "quantize", "method": "qat", "qat": {"bits": 2, "epochs": 0}}},
+         PTQ),
+        ({"format": "artifact-int4-mixed", "recipe": {"stage": "eval"},
+          "lineage": [{"stage": "quantize", "config": {"type": "QATConfig", "epochs": 0}}]},
+         PTQ),
         ({"format": "onnx-int8", "recipe": {"stage": "nncf-default"}}, PTQ),
         ({"format": "artifact-fp32", "recipe": {"stage": "prune", "prune": {"method": "l1"}}},
          PRUNE_STRUCTURED),

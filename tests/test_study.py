@@ -17,6 +17,7 @@ from satcompress.card import card_hash, lineage_stages
 from satcompress.cli import main
 from satcompress.experiments import execute
 from satcompress.experiments.execute import run_experiment
+from satcompress.experiments.export import experiment_records, export_experiment
 from satcompress.experiments.plan import plan
 from satcompress.experiments.spec import ExperimentError, load_experiment
 from satcompress.experiments.study import Study
@@ -338,6 +339,70 @@ def test_study_import_loads_the_committed_results(tmp_path):
     baseline = json.loads((ROOT / "results" / "baseline.json").read_text())
     assert counts[str(ROOT / "results" / "baseline.json")] == len(baseline)
     assert str(ROOT / "results" / "diagnostics.json") not in counts  # not a list of records
+
+
+def test_study_export_writes_each_experiment_and_import_reads_it_back(first_run, tmp_path, capsys):
+    _, folder, _ = first_run
+    out = tmp_path / "results"
+    assert main(["study", "export", "--study", str(folder), "--out", str(out)]) == 0
+    assert "tiny@cpu.json: 2 records" in capsys.readouterr().out
+    exported = json.loads((out / "tiny@cpu.json").read_text())
+    with Study(folder) as study:
+        keys = study.bindings("tiny", "cpu")
+        stage_records = {r["stage_key"]: r for r in study.records("stage")}
+    assert [r["id"] for r in exported] == ["tiny/base", "tiny/pruned"]
+    for record in exported:
+        tag = record["experiment"]
+        assert tag["name"] == "tiny" and tag["preset"] == "cpu" and tag["key"] == keys[tag["stage"]]
+        assert record["accuracy"] == stage_records[tag["key"]]["accuracy"]
+    with Study(tmp_path / "other") as other:  # a study that never ran it reads the same numbers
+        other.import_results(out / "*.json")
+        assert sorted(r["accuracy"] for r in other.records()) == sorted(
+            r["accuracy"] for r in exported
+        )
+    assert main(["study", "export", "nothing", "--study", str(folder), "--out", str(out)]) == 2
+    assert "holds no run of nothing (it holds: tiny@cpu)" in capsys.readouterr().err
+
+
+def test_an_interrupted_experiment_exports_the_stages_it_finished(first_run, tmp_path, monkeypatch):
+    config, folder = _copy(first_run, tmp_path)
+    config.write_text(config.read_text().replace("ratio: 0.5", "ratio: 0.4"))
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(execute.STAGE_RUNNERS, "prune", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(load_experiment(config), folder, progress=False)
+    with Study(folder) as study:
+        records = experiment_records(study, "tiny", "cpu")
+        assert study.get(study.bindings("tiny", "cpu")["pruned"]).status == "running"
+    assert [r["id"] for r in records] == ["tiny/base"]  # the new prune is bound, not done
+
+
+def _finished(study, key, kind, record=None, details=None, input_key=None):
+    assert study.claim(key, kind, {"key": key}, input_key).state == "run"
+    study.finish(key, record, details=details)
+    return study.run_dir(kind, key)
+
+
+def test_export_carries_what_the_report_reads_from_stages(tmp_path):
+    blocks = {"blocks": [{"block": 0, "removed_accuracy": 0.7}]}
+    candidate = {"id": "c1", "bytes": 900, "accuracy": 0.8, "status": "ok"}
+    with Study(tmp_path / "s") as study:
+        _finished(study, "vit", "train", _record(1))
+        _finished(study, "layers", "vit_layers", details=blocks, input_key="vit")
+        run_dir = _finished(study, "search", "baic", _record(2, baic={"budget_bytes": 1000}))
+        run_dir.mkdir(parents=True)
+        (run_dir / "candidates.jsonl").write_text(json.dumps(candidate) + "\n{torn")
+        study.bind("e", "", {"vit": "vit", "layers": "layers", "search": "search"})
+        records = {r["id"]: r for r in experiment_records(study, "e", "")}
+        path, count = export_experiment(study, "e", "", tmp_path / "out")
+    assert set(records) == {"e/vit", "e/search"}  # the analysis has no record of its own
+    assert records["e/vit"]["vit_layers"] == blocks
+    assert records["e/search"]["baic"] == {"budget_bytes": 1000, "candidates": [candidate]}
+    assert path == tmp_path / "out" / "e.json" and count == 2
+    assert json.loads(path.read_text()) == list(records.values())
 
 
 def test_mlflow_logs_each_stage_that_ran(first_run, monkeypatch):

@@ -6,6 +6,7 @@ Examples::
     satcompress experiment run FILE --workers 2 --executor ray --dry-run --mlflow URI
     satcompress study import 'results/*.json' --study runs/study
     satcompress study show --study runs/study
+    satcompress study export --study runs/study --out results
 """
 
 from __future__ import annotations
@@ -58,6 +59,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     show = study.add_parser("show", help="the stages and records a study holds")
     _study_flag(show)
     show.set_defaults(handler=cmd_study_show)
+    export = study.add_parser(
+        "export",
+        help="write experiments' records as results files (JSON lists, small enough to commit)",
+        description=(
+            "One file per experiment and preset, <name>[@preset].json, each record tagged with "
+            "its stage; `satcompress study import` loads them into another study."
+        ),
+    )
+    export.add_argument("experiments", nargs="*", metavar="NAME",
+                        help="experiment names (default: every one in the study)")  # fmt: skip
+    export.add_argument("--preset", help="only this preset (default: every preset run)")
+    export.add_argument("--out", type=Path, default=Path("results"),
+                        help="folder for the files (default: results)")  # fmt: skip
+    _study_flag(export)
+    export.set_defaults(handler=cmd_study_export)
 
 
 def _study_flag(parser: argparse.ArgumentParser) -> None:
@@ -131,4 +147,29 @@ def cmd_study_show(args: argparse.Namespace) -> int:
                 print(f"{len(rows)} stages {status} ({kinds})")
         for source, count in sorted(study.sources().items()):
             print(f"{count} records from {source}")
+    return 0
+
+
+def cmd_study_export(args: argparse.Namespace) -> int:
+    """Write each chosen experiment's records to ``<out>/<name>[@preset].json``."""
+    from satcompress.experiments.export import export_experiment
+    from satcompress.experiments.study import Study
+
+    with Study(args.study) as study:
+        runs = [
+            (name, preset)
+            for name, preset in study.experiments()
+            if (not args.experiments or name in args.experiments)
+            and (args.preset is None or preset == args.preset)
+        ]
+        missing = sorted(set(args.experiments) - {name for name, _ in runs})
+        if missing or not runs:
+            known = ", ".join(f"{n}@{p}" if p else n for n, p in study.experiments()) or "none"
+            print(f"the study {args.study} holds no run of {', '.join(missing) or 'any experiment'}"
+                  f"{f' with preset {args.preset!r}' if args.preset else ''} (it holds: {known})",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        for name, preset in runs:
+            path, count = export_experiment(study, name, preset, args.out)
+            print(f"{path}: {count} records")
     return 0

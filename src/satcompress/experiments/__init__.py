@@ -32,5 +32,7 @@ __all__ = lazy_package(
         "load_experiment": "spec",
         "plan": "plan",
         "run_experiment": "execute",
+        "experiment_records": "export",
+        "export_experiment": "export",
     },
 )

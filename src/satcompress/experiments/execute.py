@@ -145,6 +145,8 @@ def run_experiment(
                                   ray_address=ray_address, progress=progress,
                                   on_stage=on_stage)  # fmt: skip
     stages = plan(experiment, study, load_data=True, progress=progress)
+    # bound now, so an interrupted experiment's finished stages can be exported by name
+    study.bind(experiment.name, experiment.preset, {s.spec.name: s.key for s in stages if s.key})
     run = ExperimentRun(experiment, stages)
     kind = "serial" if workers <= 1 and executor != "ray" else executor
     threads = None if kind == "serial" else threads_per_worker(workers)

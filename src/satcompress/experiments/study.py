@@ -495,6 +495,13 @@ class Study:
         )
         return {stage: key for stage, key in rows}
 
+    def experiments(self) -> list[tuple[str, str]]:
+        """``(experiment, preset)`` of every experiment run into the study, by name."""
+        rows = self._db.execute(
+            "SELECT DISTINCT experiment, preset FROM bindings ORDER BY experiment, preset"
+        )
+        return [(experiment, preset) for experiment, preset in rows]
+
     def data_source(self, spec: Mapping[str, Any], stamp: str) -> dict[str, Any] | None:
         """The loaded data's description saved for ``spec``, if the data is unchanged."""
         row = self._db.execute(

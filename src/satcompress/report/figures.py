@@ -8,7 +8,6 @@ no data for it: :data:`FIGURES` lists each one's file and the data that would pr
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,8 +33,8 @@ from satcompress.report.records import (
     pareto_front,
     unique_points,
 )
-from satcompress.search.report import STYLES
-from satcompress.search.report import _tick as byte_label  # "200 kB", "1 MB"
+from satcompress.search.report import STYLES, byte_label
+from satcompress.utils.io import read_jsonl
 
 #: Marker per technique (BAIC as the star search/report.py gives its chosen file).
 MARKERS = {
@@ -473,22 +472,10 @@ def baic_runs(data: StudyData) -> list[tuple[str, float | None, list[dict[str, A
         if kind != "baic":
             continue
         details = details if isinstance(details, dict) else {}
-        candidates = details.get("candidates") or _jsonl(Path(run_dir) / "candidates.jsonl")
+        candidates = details.get("candidates") or read_jsonl(Path(run_dir) / "candidates.jsonl")
         if candidates:
             runs.append((Path(run_dir).name, details.get("budget_bytes"), candidates))
     return runs
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by an interruption
-    return [r for r in rows if isinstance(r, dict)]
 
 
 def baic_figure(data: StudyData) -> Figure | None:

@@ -29,7 +29,7 @@ from satcompress.report.records import (
     ratio_text,
 )
 from satcompress.report.tables import cpu_label, format_table
-from satcompress.search.report import _tick as byte_label  # "1 MB", "500 kB"
+from satcompress.search.report import byte_label
 
 #: What each headline row needs, for the note under the table when it is missing.
 WANTED = {

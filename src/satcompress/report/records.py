@@ -92,6 +92,9 @@ def _quantize_method(record: Mapping[str, Any], settings: Mapping[str, Any]) -> 
         method = "qat" if settings["type"].startswith("QAT") else "ptq"
     if method is None:
         method = "qat" if record.get("train") else "ptq"
+    qat = settings.get("qat") if isinstance(settings.get("qat"), dict) else settings
+    if str(method).lower() == "qat" and qat.get("epochs") == 0:
+        return PTQ  # a QAT model calibrated and never trained (experiment 3's "PTQ at N bits")
     return QAT if str(method).lower() == "qat" else PTQ
 
 
@@ -102,6 +105,7 @@ def technique(record: Mapping[str, Any]) -> str:
 
     1. a ``baic`` summary, or a ``baic`` stage: :data:`BAIC`;
     2. a ``quantize`` stage: :data:`QAT` or :data:`PTQ` by its ``method`` (or config type);
+       QAT for zero epochs (calibrated, never trained) is :data:`PTQ`;
        a plain-tool quantizer (``nncf-default``, ``ort-default``): :data:`PTQ`;
     3. a ``prune`` stage or a ``pruning`` summary: structured (channels removed) or
        unstructured (``magnitude``: single weights zeroed);

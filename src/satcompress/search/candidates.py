@@ -34,6 +34,7 @@ from satcompress.evaluate.artifact import evaluate_artifact
 from satcompress.evaluate.profile import LatencyConfig
 from satcompress.models.stats import count_macs, count_params
 from satcompress.utils.executors import task_pool, threads_per_worker
+from satcompress.utils.io import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +106,8 @@ class CandidateLog:
         self.path = Path(path)
 
     def records(self) -> list[dict[str, Any]]:
-        """Every complete record, in order."""
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s: ignoring a torn line", self.path)
-        return out
+        """Every complete record, in order (a torn last line is skipped)."""
+        return read_jsonl(self.path)
 
     def done(self) -> dict[str, dict[str, Any]]:
         """Finished records by candidate id (the last one wins)."""

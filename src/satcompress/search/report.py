@@ -267,7 +267,7 @@ def _axes_style(
     if xs:
         ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _tick(x)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: byte_label(x)))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("size on disk (log scale)")
     ax.set_ylabel(_accuracy_label(points))
@@ -289,7 +289,7 @@ def _accuracy_label(points: list[dict[str, Any]]) -> str:
     return "accuracy (%): test where measured, else validation (hollow)"
 
 
-def _tick(x: float) -> str:
+def byte_label(x: float) -> str:
     """A compact byte tick label: ``200 kB``, ``1 MB``."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if x >= scale:

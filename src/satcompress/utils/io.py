@@ -87,6 +87,24 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, one per line, in order (``[]`` if missing).
+
+    A line that is not valid JSON (the torn last line of an interrupted append) is skipped,
+    as are lines that hold no object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [row for row in rows if isinstance(row, dict)]
+
+
 def file_digest(path: str | os.PathLike, algorithm: str = "md5", chunk: int = 1 << 20) -> str:
     """Hex digest of a file, read in chunks so large archives need little memory."""
     digest = hashlib.new(algorithm)

@@ -1,0 +1,88 @@
+"""An experiment's records as a results file, so a study's numbers can be committed.
+
+A study folder holds models and run directories (gigabytes, never committed); its records
+are small. :func:`export_experiment` writes the records of one experiment's stages as a JSON
+list in the benchmarks' format, each tagged with the experiment, preset and stage name, so
+``satcompress study import 'results/*.json'`` (and the report built from it) sees them like
+any benchmark's records. What the report reads from a stage besides its record goes along:
+a ``vit_layers`` stage's analysis lands on the record of the model it measured, a ``baic``
+stage's candidates on its own record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from satcompress.experiments.study import StageRow, Study
+from satcompress.utils.io import atomic_write_json, read_jsonl
+
+__all__ = ["experiment_records", "export_experiment"]
+
+
+def experiment_records(study: Study, experiment: str, preset: str) -> list[dict[str, Any]]:
+    """The records of an experiment's finished stages, in the order it binds them.
+
+    Args:
+        study: The study.
+        experiment: The experiment's ``name`` (its YAML file's, not the file name).
+        preset: The preset it ran with (``""`` for none).
+
+    Returns:
+        One record per finished stage that has one, with ``id`` ``<experiment>/<stage>`` and
+        an ``experiment`` block (name, preset, stage, kind, key, seconds).
+
+    Raises:
+        KeyError: If the study never ran that experiment with that preset.
+    """
+    keys = study.bindings(experiment, preset)
+    if not keys:
+        known = ", ".join(f"{n}@{p}" if p else n for n, p in study.experiments()) or "none"
+        raise KeyError(f"the study holds no run of {experiment!r} with preset {preset!r} "
+                       f"(it holds: {known})")  # fmt: skip
+    rows = {name: study.get(key) for name, key in keys.items()}
+    done = {name: row for name, row in rows.items() if row is not None and row.status == "done"}
+    records = {
+        name: _tagged(row, experiment, preset, name)
+        for name, row in done.items()
+        if row.record is not None
+    }
+    by_key = {row.key: name for name, row in done.items() if name in records}
+    for row in done.values():
+        if row.kind == "vit_layers" and isinstance(row.details, dict):
+            measured = by_key.get(row.input_key or "")
+            if measured is not None:
+                records[measured].setdefault("vit_layers", row.details)
+    return list(records.values())
+
+
+def export_experiment(
+    study: Study, experiment: str, preset: str, out: str | Path
+) -> tuple[Path, int]:
+    """Write :func:`experiment_records` to ``out``: a ``.json`` file, or a folder.
+
+    In a folder the file is ``<experiment>[@<preset>].json``.
+
+    Returns:
+        The file written (atomically) and how many records it holds.
+    """
+    path = Path(out)
+    if path.suffix != ".json":
+        path = path / f"{experiment}{f'@{preset}' if preset else ''}.json"
+    records = experiment_records(study, experiment, preset)
+    atomic_write_json(path, records)
+    return path, len(records)
+
+
+def _tagged(row: StageRow, experiment: str, preset: str, name: str) -> dict[str, Any]:
+    record = dict(row.record or {})
+    record["id"] = f"{experiment}/{name}"
+    record["experiment"] = {"name": experiment, "preset": preset, "stage": name,
+                            "kind": row.kind, "key": row.key, "seconds": row.seconds}  # fmt: skip
+    if row.kind == "baic":
+        summary = dict(record.get("baic") or {})
+        if not summary.get("candidates"):
+            candidates = Path(row.run_dir) / "candidates.jsonl"
+            summary["candidates"] = read_jsonl(candidates) if candidates.is_file() else []
+        record["baic"] = summary
+    return record
