@@ -345,7 +345,10 @@ def test_study_export_writes_each_experiment_and_import_reads_it_back(first_run,
     _, folder, _ = first_run
     out = tmp_path / "results"
     assert main(["study", "export", "--study", str(folder), "--out", str(out)]) == 0
-    assert "tiny@cpu.json: 2 records" in capsys.readouterr().out
+    assert main(["study", "show", "--study", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny@cpu.json: 2 records" in printed
+    assert "experiment tiny@cpu: 2 of 2 stages done (complete)" in printed
     exported = json.loads((out / "tiny@cpu.json").read_text())
     with Study(folder) as study:
         keys = study.bindings("tiny", "cpu")
@@ -364,7 +367,9 @@ def test_study_export_writes_each_experiment_and_import_reads_it_back(first_run,
     assert "holds no run of nothing (it holds: tiny@cpu)" in capsys.readouterr().err
 
 
-def test_an_interrupted_experiment_exports_the_stages_it_finished(first_run, tmp_path, monkeypatch):
+def test_an_interrupted_experiment_exports_the_stages_it_finished(
+    first_run, tmp_path, monkeypatch, capsys
+):
     config, folder = _copy(first_run, tmp_path)
     config.write_text(config.read_text().replace("ratio: 0.5", "ratio: 0.4"))
 
@@ -378,6 +383,8 @@ def test_an_interrupted_experiment_exports_the_stages_it_finished(first_run, tmp
         records = experiment_records(study, "tiny", "cpu")
         assert study.get(study.bindings("tiny", "cpu")["pruned"]).status == "running"
     assert [r["id"] for r in records] == ["tiny/base"]  # the new prune is bound, not done
+    assert main(["study", "show", "--study", str(folder)]) == 0
+    assert "experiment tiny@cpu: 1 of 2 stages done (incomplete)" in capsys.readouterr().out
 
 
 def _finished(study, key, kind, record=None, details=None, input_key=None):

@@ -135,7 +135,7 @@ def cmd_study_import(args: argparse.Namespace) -> int:
 
 
 def cmd_study_show(args: argparse.Namespace) -> int:
-    """Stage counts by status, record counts by source."""
+    """Stage counts by status, each experiment's progress, record counts by source."""
     from satcompress.experiments.study import Study
 
     with Study(args.study) as study:
@@ -145,6 +145,12 @@ def cmd_study_show(args: argparse.Namespace) -> int:
             if rows:
                 kinds = ", ".join(sorted({s.kind for s in rows}))
                 print(f"{len(rows)} stages {status} ({kinds})")
+        for name, preset in study.experiments():
+            keys = study.bindings(name, preset).values()
+            done = sum(1 for key in keys if (row := study.get(key)) and row.status == "done")
+            state = "complete" if done == len(keys) else "incomplete"
+            print(f"experiment {name}{f'@{preset}' if preset else ''}: {done} of {len(keys)} "
+                  f"stages done ({state})")  # fmt: skip
         for source, count in sorted(study.sources().items()):
             print(f"{count} records from {source}")
     return 0
