@@ -12,7 +12,7 @@ from satcompress.cli import main
 from satcompress.experiments.study import Study
 from satcompress.report import build_report, headline_markdown, load_study, technique
 from satcompress.report.diagram import pipeline_layout
-from satcompress.report.document import MARKERS, replace_section
+from satcompress.report.document import MARKERS, duration, replace_section
 from satcompress.report.figures import FIGURES, parse_vit_table
 from satcompress.report.records import (
     BAIC,
@@ -46,6 +46,11 @@ def _qat(bits):
     return {"stage": "quantize", "method": "qat", "qat": {"bits": bits}}
 
 
+def _tag(stage, seconds):  # as `satcompress study export` tags an experiment's records
+    return {"name": "exp3", "preset": "cpu", "stage": stage, "kind": "quantize", "key": stage,
+            "seconds": seconds}  # fmt: skip
+
+
 def _records():
     blocks = [
         {"block": i, "removed_accuracy": 0.8, "removed_drop": 0.06 - 0.01 * i, "heads": 3,
@@ -68,9 +73,10 @@ def _records():
                 {"stage": "fp32"}),
         _record("r18-ptq", "resnet18", "eurosat", 0.955556, 10_237_026, "artifact-int8",
                 {"stage": "quantize", "method": "ptq", "ptq": {}},
-                artifact={"stats": {"weight_bits": [8]}}),
+                artifact={"stats": {"weight_bits": [8]}}, experiment=_tag("r18_int8", 42.0)),
         _record("r18-qat-w2", "resnet18", "eurosat", 0.954444, 2_233_376, "artifact-int2-mixed",
-                _qat(2), artifact={"stats": {"weight_bits": [2, 8]}}),
+                _qat(2), artifact={"stats": {"weight_bits": [2, 8]}},
+                experiment=_tag("r18_qat_w2", 3_900.0)),
         _record("r18-qat-w4", "resnet18", "eurosat", 0.953704, 5_076_522, "artifact-int4-mixed",
                 _qat(4)),
         _record("r18-1MB", "resnet18", "eurosat", 0.955, 994_728, "artifact-int1-mixed", {},
@@ -186,6 +192,23 @@ def test_report_md_holds_the_store_numbers(report):
     assert "Test CPU (AVX-512)" in text
     for name in report.figures:
         assert f"]({name})" in text
+
+
+def test_report_md_has_a_table_per_experiment(report):
+    text = report.markdown.read_text()
+    assert "## Experiment: exp3@cpu (2 stages finished)" in text
+    for row in ("| r18_int8 | resnet18 | PTQ | 95.56% | 10,237,026 | 4.4x | 8 | — | 3.25 | 42 s |",
+                "| r18_qat_w2 | resnet18 | QAT | 95.44% | 2,233,376 | 20.0x | 2/8 | — | 3.25 | "
+                "1 h 05 min |"):  # fmt: skip
+        assert row in text
+    assert text.index("## Experiment: exp3@cpu") < text.index("## Records: eurosat")
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(None, "—"), (42.4, "42 s"), (89, "89 s"),
+                                               (95, "2 min"), (3_599, "1 h 00 min"),
+                                               (7_380, "2 h 03 min")])  # fmt: skip
+def test_stage_durations_read_as_people_write_them(seconds, text):
+    assert duration(seconds) == text
 
 
 def test_headline_rows_come_from_the_store(study):

@@ -21,6 +21,7 @@ from satcompress.experiments.export import experiment_records, export_experiment
 from satcompress.experiments.plan import plan
 from satcompress.experiments.spec import ExperimentError, load_experiment
 from satcompress.experiments.study import Study
+from satcompress.report import build_report
 from satcompress.utils.executors import task_pool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -365,6 +366,19 @@ def test_study_export_writes_each_experiment_and_import_reads_it_back(first_run,
         )
     assert main(["study", "export", "nothing", "--study", str(folder), "--out", str(out)]) == 2
     assert "holds no run of nothing (it holds: tiny@cpu)" in capsys.readouterr().err
+
+
+def test_report_of_a_study_has_its_experiments_tables(first_run, tmp_path):
+    _, folder, _ = first_run
+    text = build_report(folder, tmp_path / "visuals").markdown.read_text()
+    with Study(folder) as study:
+        records = {r["stage_key"]: r for r in study.records("stage")}
+        keys = study.bindings("tiny", "cpu")
+    assert "## Experiment: tiny@cpu (2 stages finished)" in text
+    for stage in ("base", "pruned"):
+        accuracy = f"{100 * records[keys[stage]]['accuracy']:.2f}%"
+        assert any(line.startswith(f"| {stage} | test_cnn |") and accuracy in line
+                   for line in text.splitlines()), stage  # fmt: skip
 
 
 def test_an_interrupted_experiment_exports_the_stages_it_finished(

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from satcompress.report.diagram import pipeline_figure
 from satcompress.report.document import (
     Block,
+    experiment_blocks,
     figure_markdown,
     table_blocks,
     to_html,
@@ -117,6 +118,7 @@ def build_report(
         Block("md", headline),
         Block("h2", "Figures"),
         *figure_blocks,
+        *experiment_blocks(data.experiments, data.entries),
         *table_blocks(data.entries),
     ]  # fmt: skip
     title = f"Study report: {data.root.name}"

@@ -12,7 +12,7 @@ import dataclasses
 import html
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from satcompress.report.records import (
@@ -37,7 +37,9 @@ MARKERS = {
 }
 TABLE_HEADER = ("model", "technique", "test acc.", "deployable bytes", "vs fp32", "bits",
                 "sparsity", "ms bs1", "ms bs64", "CPU", "source", "id")  # fmt: skip
-TABLE_ALIGN = "llrrrrrrrlll"
+#: Columns holding figures (right-aligned) in any table of the report.
+NUMERIC_COLUMNS = ("test acc.", "deployable bytes", "vs fp32", "bits", "sparsity", "ms bs1",
+                   "ms bs64", "stage time")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,46 @@ def table_blocks(entries: Sequence[Entry]) -> list[Block]:
     return blocks
 
 
+EXPERIMENT_HEADER = ("stage", "model", "technique", "test acc.", "deployable bytes", "vs fp32",
+                     "bits", "sparsity", "ms bs1", "stage time")  # fmt: skip
+
+
+def experiment_blocks(
+    experiments: Mapping[str, Sequence[tuple[str, Entry, float | None]]],
+    entries: Sequence[Entry],
+) -> list[Block]:
+    """One heading and table per experiment: its finished stages in the file's order.
+
+    Args:
+        experiments: :attr:`~satcompress.report.records.StudyData.experiments`.
+        entries: Every entry (a stage's compression ratio is against its model's fp32 file).
+
+    Returns:
+        The blocks (none without experiments).
+    """
+    blocks = []
+    for label, rows in experiments.items():
+        body = [
+            (stage, e.model, e.technique, pct(e.accuracy), nbytes(e.size_bytes),
+             ratio_text(compression_ratio(e, entries)), bits_label(e.record),
+             sparsity_text(e.sparsity), ms(e.latency("bs1")), duration(seconds))
+            for stage, e, seconds in rows
+        ]  # fmt: skip
+        blocks += [Block("h2", f"Experiment: {label} ({len(body)} stages finished)"),
+                   Block("table", rows=(EXPERIMENT_HEADER, *body))]  # fmt: skip
+    return blocks
+
+
+def duration(seconds: float | None) -> str:
+    """``1 h 05 min``, ``12 min``, ``40 s`` or a dash (a reused stage has no time of its own)."""
+    if seconds is None:
+        return NONE
+    minutes = round(seconds / 60)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
 # -- Markdown ----------------------------------------------------------------------------------
 
 
@@ -109,8 +151,7 @@ def to_markdown(title: str, blocks: Sequence[Block], base: Path) -> str:
             parts.append(b.text)
         elif b.kind == "table":
             header, *rows = b.rows
-            parts.append(format_table(header, TABLE_ALIGN if len(header) == 12 else
-                                      "l" * len(header), rows))  # fmt: skip
+            parts.append(format_table(header, _align(header), rows))
         elif b.kind == "figure" and b.path is not None:
             rel = os.path.relpath(b.path, base).replace(os.sep, "/")
             parts.append(f"### {b.text}\n\n![{b.text}]({rel})")
@@ -135,6 +176,10 @@ def inline(text: str) -> str:
     out = html.escape(text)
     out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def _align(header: Sequence[str]) -> str:
+    return "".join("r" if column in NUMERIC_COLUMNS else "l" for column in header)
 
 
 def _html_table(rows: Sequence[Sequence[str]], align: str) -> str:
@@ -187,7 +232,7 @@ def _html_block(b: Block) -> str:
     if b.kind == "md":
         return markdown_table_html(b.text)
     if b.kind == "table":
-        return _html_table(b.rows, TABLE_ALIGN if len(b.rows[0]) == 12 else "l" * len(b.rows[0]))
+        return _html_table(b.rows, _align(b.rows[0]))
     if b.kind == "figure" and b.path is not None:
         data = base64.b64encode(b.path.read_bytes()).decode()
         return (f"<h3>{inline(b.text)}</h3><img alt=\"{html.escape(b.text)}\" "

@@ -296,11 +296,22 @@ class StudyData:
         entries: Every record, classified, imported files first (in file order), then the
             records of the study's own stages.
         stages: ``(kind, details, run_dir)`` of every finished stage.
+        experiments: Each experiment (``name`` or ``name@preset``) -> its finished stages'
+            ``(stage name, entry, seconds)`` in file order: from the study's own runs, and
+            from imported files whose records carry an ``experiment`` tag (``study export``).
     """
 
     root: Path
     entries: list[Entry]
     stages: list[tuple[str, Any, Path]]
+    experiments: dict[str, list[tuple[str, Entry, float | None]]] = dataclasses.field(
+        default_factory=dict
+    )
+
+
+def experiment_label(name: str, preset: str) -> str:
+    """``name@preset`` (just ``name`` without a preset)."""
+    return f"{name}@{preset}" if preset else name
 
 
 def load_study(study_dir: str | Path) -> StudyData:
@@ -323,12 +334,32 @@ def load_study(study_dir: str | Path) -> StudyData:
         entries = []
         for source in sorted(s for s in study.sources() if s != STAGE_SOURCE):
             entries += classify(study.records(source), Path(source).name)
-        stages = []
+        stages, by_key = [], {}
         for row in study.stages("done"):
             stages.append((row.kind, row.details, row.run_dir))
             if row.record is not None:
-                entries += classify([row.record], f"stage:{row.kind}")
-    return StudyData(root.resolve(), entries, stages)
+                by_key[row.key] = (classify([row.record], f"stage:{row.kind}")[0], row.seconds)
+        experiments = {}
+        for name, preset in study.experiments():
+            bound = study.bindings(name, preset).items()
+            rows = [(stage, *by_key[key]) for stage, key in bound if key in by_key]
+            if rows:
+                experiments[experiment_label(name, preset)] = rows
+    entries += [entry for entry, _ in by_key.values()]
+    for label, rows in _tagged_experiments(entries).items():
+        experiments.setdefault(label, rows)  # the study's own run of it wins
+    return StudyData(root.resolve(), entries, stages, experiments)
+
+
+def _tagged_experiments(entries: Iterable[Entry]) -> dict[str, list]:
+    """Imported records' ``experiment`` tags (``satcompress study export``), grouped."""
+    found: dict[str, list] = {}
+    for entry in entries:
+        tag = entry.record.get("experiment")
+        if isinstance(tag, dict) and tag.get("name") and tag.get("stage"):
+            label = experiment_label(str(tag["name"]), str(tag.get("preset") or ""))
+            found.setdefault(label, []).append((str(tag["stage"]), entry, tag.get("seconds")))
+    return found
 
 
 # -- comparisons ------------------------------------------------------------------------------
