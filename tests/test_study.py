@@ -381,6 +381,24 @@ def test_report_of_a_study_has_its_experiments_tables(first_run, tmp_path):
                    for line in text.splitlines()), stage  # fmt: skip
 
 
+def test_a_checkpoint_of_other_classes_fails_before_anything_runs(
+    first_run, ucmerced_root, tmp_path, monkeypatch
+):
+    _, folder, _ = first_run
+    eurosat_model = next((folder / "runs").glob("train-*"))
+    config = tmp_path / "moved.yaml"
+    stages = ("  - {name: learn, stage: train, config: {model: test_cnn}}\n"
+              f"  - {{name: measure, stage: evaluate, from: {eurosat_model}}}\n")  # fmt: skip
+    config.write_text(f"name: moved\ndataset: ucmerced\ndata_dir: {ucmerced_root}\nstages:\n"
+                      + stages)  # fmt: skip
+    calls = _forbid_running(monkeypatch)
+    with pytest.raises(ExperimentError) as err:
+        run_experiment(load_experiment(config), tmp_path / "study", progress=False)
+    assert f"{config}:6: stage 'measure': its from: checkpoint {eurosat_model}" in str(err.value)
+    assert "trained on 10 classes (AnnualCrop" in str(err.value)
+    assert "the ucmerced data has 21 (agricultural" in str(err.value) and calls == []
+
+
 def test_an_interrupted_experiment_exports_the_stages_it_finished(
     first_run, tmp_path, monkeypatch, capsys
 ):

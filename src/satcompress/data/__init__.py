@@ -8,7 +8,7 @@ Example:
 
 from typing import TYPE_CHECKING, Any
 
-from .datasets import SceneDataset, Split, list_datasets, load_dataset
+from .datasets import SceneDataset, Split, dataset_classes, list_datasets, load_dataset
 from .download import download_url
 from .errors import DatasetError
 
@@ -17,6 +17,7 @@ __all__ = [
     "SceneDataModule",
     "SceneDataset",
     "Split",
+    "dataset_classes",
     "download_url",
     "list_datasets",
     "load_dataset",

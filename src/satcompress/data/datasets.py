@@ -282,6 +282,16 @@ def list_datasets() -> list[str]:
     return sorted(_SPECS)
 
 
+def dataset_classes(name: str) -> tuple[str, ...] | None:
+    """The class names of a named dataset, index = label (None: an image folder's own).
+
+    Raises:
+        DatasetError: For an unknown dataset name.
+    """
+    classes = _get_spec(name).classes
+    return tuple(sorted(classes)) if classes else None
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike,

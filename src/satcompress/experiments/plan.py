@@ -96,10 +96,12 @@ def plan(
 
     Raises:
         ExperimentError: A stage starts from a checkpoint whose card names no data, and the
-            file names none either.
+            file names none either; or it measures, compresses or learns from a checkpoint
+            trained on other classes than its data's (before anything runs).
     """
     planned: dict[str, PlannedStage] = {}
     for spec in experiment.stages:
+        _check_classes(spec, experiment)
         data = _stage_data(spec, experiment, study, planned, load_data, progress)
         input_ref = _ref(spec.source, planned)
         settings = {
@@ -117,6 +119,38 @@ def plan(
             stage.status = _status(study, spec.kind, key)
         planned[spec.name] = stage
     return list(planned.values())
+
+
+#: Stages whose ``from:`` checkpoint may have other classes: they can start with a new head.
+NEW_HEAD_STAGES = ("train", "distill")
+
+
+def _check_classes(spec: StageSpec, experiment: Experiment) -> None:
+    """Fail early when a checkpoint a stage uses was trained on other classes than its data.
+
+    Only named datasets know their classes before loading; an image folder's are checked
+    when the stage loads the model.
+    """
+    if spec.data is None:
+        return
+    from satcompress.data import dataset_classes
+
+    expected = dataset_classes(spec.data.dataset)
+    refs = [("teacher", spec.teacher)]
+    if spec.kind not in NEW_HEAD_STAGES:
+        refs.append(("from", spec.source))
+    for field, ref in refs:
+        if expected is None or ref is None or ref.path is None:
+            continue
+        classes = _card(ref.path).get("classes")
+        if classes and list(classes) != list(expected):
+            found, known = ", ".join(classes[:3]), ", ".join(expected[:3])
+            raise ExperimentError(
+                f"{experiment.path}:{spec.line}: stage {spec.name!r}: its {field}: checkpoint "
+                f"{ref.path} was trained on {len(classes)} classes ({found}, ...), but the "
+                f"{spec.data.dataset} data has {len(expected)} ({known}, ...); point {field}: "
+                f"at a model trained on {spec.data.dataset}, or train one in an earlier stage"
+            )
 
 
 def _status(study: Study, kind: str, key: str) -> str:
