@@ -17,13 +17,18 @@ from satcompress.report.figures import FIGURES, parse_vit_table
 from satcompress.report.records import (
     BAIC,
     FP32,
+    FROM_WEIGHTS,
     KD,
     OTHER,
+    PRETRAINED,
     PRUNE_STRUCTURED,
     PRUNE_UNSTRUCTURED,
     PTQ,
     QAT,
+    SCRATCH,
+    TRANSFER,
     bits_label,
+    initialisation,
     sparsity,
 )
 
@@ -91,7 +96,10 @@ def _records():
         _record("vit", "vit_tiny_patch16", "eurosat", 0.856852, 22_114_324, "onnx-fp32",
                 {"stage": "train"}, vit_layers=vit_layers),
         _record("uc-r18", "resnet18", "ucmerced", 0.864286, 44_741_405, "onnx-fp32",
-                {"stage": "train"}),
+                {"stage": "train", "pretrained": False, "weights": None}),
+        _record("uc-r18-transfer", "resnet18", "ucmerced", 0.85, 44_741_406, "onnx-fp32",
+                {"stage": "train", "pretrained": False, "weights": "eurosat.safetensors",
+                 "new_head": True}),
         _record("uc-r18-qat", "resnet18", "ucmerced", 0.871, 2_240_000, "artifact-int2-mixed",
                 _qat(2)),
     ]  # fmt: skip
@@ -156,6 +164,29 @@ def report(study, tmp_path_factory):
 )  # fmt: skip
 def test_technique_from_record_fields(record, expected):
     assert technique(record) == expected
+
+
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [
+        ({"stage": "train", "pretrained": False, "weights": None}, SCRATCH),
+        ({"stage": "train", "pretrained": True, "weights": None}, PRETRAINED),
+        ({"stage": "train", "weights": "a.safetensors", "new_head": True}, TRANSFER),
+        ({"stage": "train", "weights": "a.safetensors", "new_head": False}, FROM_WEIGHTS),
+        # a compressed model: the training config of the model it came from
+        ({"stage": "prune", "train": {"weights": "a.safetensors", "new_head": True}}, TRANSFER),
+        ({"stage": "fp32"}, None),  # the recipe does not say
+    ],
+)  # fmt: skip
+def test_initialisation_from_the_recipe(recipe, expected):
+    assert initialisation({"recipe": recipe}) == expected
+
+
+def test_report_md_puts_scratch_and_transfer_side_by_side(report):
+    text = report.markdown.read_text()
+    assert "## Initialisation: ucmerced" in text and "## Initialisation: eurosat" not in text
+    assert "| model | technique | from scratch | transfer (new head) |" in text
+    assert "| resnet18 | fp32 | 86.43% (44,741,405 B) | 85.00% (44,741,406 B) |" in text
 
 
 def test_bits_and_sparsity_from_record_fields():

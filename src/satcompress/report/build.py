@@ -22,6 +22,7 @@ from satcompress.report.document import (
     Block,
     experiment_blocks,
     figure_markdown,
+    initialisation_blocks,
     table_blocks,
     to_html,
     to_markdown,
@@ -119,6 +120,7 @@ def build_report(
         Block("h2", "Figures"),
         *figure_blocks,
         *experiment_blocks(data.experiments, data.entries),
+        *initialisation_blocks(data.entries),
         *table_blocks(data.entries),
     ]  # fmt: skip
     title = f"Study report: {data.root.name}"

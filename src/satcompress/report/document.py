@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from satcompress.report.records import (
+    INITIALISATIONS,
     NONE,
     TECHNIQUES,
     Entry,
@@ -39,7 +40,7 @@ TABLE_HEADER = ("model", "technique", "test acc.", "deployable bytes", "vs fp32"
                 "sparsity", "ms bs1", "ms bs64", "CPU", "source", "id")  # fmt: skip
 #: Columns holding figures (right-aligned) in any table of the report.
 NUMERIC_COLUMNS = ("test acc.", "deployable bytes", "vs fp32", "bits", "sparsity", "ms bs1",
-                   "ms bs64", "stage time")  # fmt: skip
+                   "ms bs64", "stage time", *INITIALISATIONS)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,44 @@ def table_blocks(entries: Sequence[Entry]) -> list[Block]:
             blocks += [Block("h2", f"Records: {dataset} ({len(rows)})"),
                        Block("table", rows=(TABLE_HEADER, *rows))]  # fmt: skip
     return blocks
+
+
+def initialisation_blocks(entries: Sequence[Entry]) -> list[Block]:
+    """Scratch against transfer: the best file per model, technique and how it started.
+
+    Only datasets whose models started more than one way (from scratch, transfer from another
+    dataset's model, ImageNet weights) get a table.
+
+    Returns:
+        A heading and a table per such dataset (none otherwise).
+    """
+    blocks = []
+    for dataset in datasets(entries):
+        chosen = [e for e in entries if e.dataset == dataset and e.plottable and e.initialisation]
+        starts = [i for i in INITIALISATIONS if any(e.initialisation == i for e in chosen)]
+        if len(starts) < 2:
+            continue
+        best: dict[tuple[str, str, str], Entry] = {}
+        for e in chosen:
+            cell = (e.model, e.technique, e.initialisation)
+            if cell not in best or e.accuracy > best[cell].accuracy:
+                best[cell] = e
+        pairs = sorted({(m, t) for m, t, _ in best}, key=lambda p: (p[0], TECHNIQUES.index(p[1])))
+        rows = [
+            (model, technique, *(_start_cell(best.get((model, technique, i))) for i in starts))
+            for model, technique in pairs
+        ]
+        blocks += [
+            Block("h2", f"Initialisation: {dataset}"),
+            Block("p", "Best test accuracy (deployable bytes) of each model and technique by "
+                       "how its model started training."),
+            Block("table", rows=(("model", "technique", *starts), *rows)),
+        ]  # fmt: skip
+    return blocks
+
+
+def _start_cell(entry: Entry | None) -> str:
+    return NONE if entry is None else f"{pct(entry.accuracy)} ({nbytes(entry.size_bytes)} B)"
 
 
 EXPERIMENT_HEADER = ("stage", "model", "technique", "test acc.", "deployable bytes", "vs fp32",

@@ -188,6 +188,39 @@ def _weight_bits(record: Mapping[str, Any]) -> list[int]:
     return sorted({int(w) for w in widths if isinstance(w, int | float)})
 
 
+#: How a record's model started training, as :func:`initialisation` names it.
+SCRATCH, TRANSFER, FROM_WEIGHTS, PRETRAINED = (
+    "from scratch", "transfer (new head)", "from own weights", "ImageNet weights"
+)  # fmt: skip
+INITIALISATIONS = (SCRATCH, TRANSFER, FROM_WEIGHTS, PRETRAINED)
+
+
+def initialisation(record: Mapping[str, Any]) -> str | None:
+    """How the model behind a record started training, from its recipe's training config.
+
+    A compressed model's recipe carries the training config of the model it came from
+    (``recipe.train``), so a pruned transfer model still reads as transfer.
+
+    Args:
+        record: A record (schema ``satcompress.record/1``).
+
+    Returns:
+        :data:`PRETRAINED` (``pretrained: true``), :data:`TRANSFER` (another model's
+        ``weights`` with a ``new_head``: another dataset's classes), :data:`FROM_WEIGHTS`
+        (``weights`` without a new head), :data:`SCRATCH`, or None when the recipe does not
+        say (a model trained elsewhere).
+    """
+    recipe = _recipe(record)
+    train = recipe.get("train") if isinstance(recipe.get("train"), dict) else recipe
+    if "pretrained" not in train and "weights" not in train:
+        return None
+    if train.get("pretrained"):
+        return PRETRAINED
+    if train.get("weights"):
+        return TRANSFER if train.get("new_head") else FROM_WEIGHTS
+    return SCRATCH
+
+
 def sparsity(record: Mapping[str, Any]) -> float | None:
     """Fraction of the weights removed or zeroed (0..1), or None when nothing was pruned.
 
@@ -258,6 +291,11 @@ class Entry:
     def sparsity(self) -> float | None:
         """:func:`sparsity` of the record."""
         return sparsity(self.record)
+
+    @property
+    def initialisation(self) -> str | None:
+        """:func:`initialisation` of the record."""
+        return initialisation(self.record)
 
     @property
     def architecture(self) -> str:
