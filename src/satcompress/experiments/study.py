@@ -488,9 +488,13 @@ class Study:
             )
 
     def bindings(self, experiment: str, preset: str) -> dict[str, str]:
-        """The key of each named stage of an experiment, as last run."""
+        """The key of each named stage of an experiment, as last run, in file order.
+
+        (The order the stages were first bound in: a stage added to the file later comes
+        last.)
+        """
         rows = self._db.execute(
-            "SELECT stage, key FROM bindings WHERE experiment = ? AND preset = ?",
+            "SELECT stage, key FROM bindings WHERE experiment = ? AND preset = ? ORDER BY rowid",
             (experiment, preset),
         )
         return {stage: key for stage, key in rows}
