@@ -176,6 +176,8 @@ def test_technique_from_record_fields(record, expected):
         # a compressed model: the training config of the model it came from
         ({"stage": "prune", "train": {"weights": "a.safetensors", "new_head": True}}, TRANSFER),
         ({"stage": "fp32"}, None),  # the recipe does not say
+        ({"stage": "eval", "weights": "a.safetensors"}, None),  # the file it measured
+        ({"weights": "a.safetensors", "new_head": True}, TRANSFER),  # BAIC: its input's recipe
     ],
 )  # fmt: skip
 def test_initialisation_from_the_recipe(recipe, expected):

@@ -208,9 +208,12 @@ def initialisation(record: Mapping[str, Any]) -> str | None:
         :data:`PRETRAINED` (``pretrained: true``), :data:`TRANSFER` (another model's
         ``weights`` with a ``new_head``: another dataset's classes), :data:`FROM_WEIGHTS`
         (``weights`` without a new head), :data:`SCRATCH`, or None when the recipe does not
-        say (a model trained elsewhere).
+        say (a model trained elsewhere, or a measuring stage's record).
     """
     recipe = _recipe(record)
+    stage = recipe.get("stage")
+    if stage is not None and stage in MEASURE_STAGES:  # its weights: the file it measured
+        return None
     train = recipe.get("train") if isinstance(recipe.get("train"), dict) else recipe
     if "pretrained" not in train and "weights" not in train:
         return None
