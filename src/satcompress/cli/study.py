@@ -136,7 +136,7 @@ def cmd_study_import(args: argparse.Namespace) -> int:
 
 def cmd_study_show(args: argparse.Namespace) -> int:
     """Stage counts by status, each experiment's progress, record counts by source."""
-    from satcompress.experiments.study import Study
+    from satcompress.experiments.study import Study, experiment_label
 
     with Study(args.study) as study:
         stages = study.stages()
@@ -149,8 +149,8 @@ def cmd_study_show(args: argparse.Namespace) -> int:
             keys = study.bindings(name, preset).values()
             done = sum(1 for key in keys if (row := study.get(key)) and row.status == "done")
             state = "complete" if done == len(keys) else "incomplete"
-            print(f"experiment {name}{f'@{preset}' if preset else ''}: {done} of {len(keys)} "
-                  f"stages done ({state})")  # fmt: skip
+            print(f"experiment {experiment_label(name, preset)}: {done} of {len(keys)} stages "
+                  f"done ({state})")  # fmt: skip
         for source, count in sorted(study.sources().items()):
             print(f"{count} records from {source}")
     return 0
@@ -170,10 +170,9 @@ def cmd_study_export(args: argparse.Namespace) -> int:
         ]
         missing = sorted(set(args.experiments) - {name for name, _ in runs})
         if missing or not runs:
-            known = ", ".join(f"{n}@{p}" if p else n for n, p in study.experiments()) or "none"
             print(f"the study {args.study} holds no run of {', '.join(missing) or 'any experiment'}"
-                  f"{f' with preset {args.preset!r}' if args.preset else ''} (it holds: {known})",
-                  file=sys.stderr)  # fmt: skip
+                  f"{f' with preset {args.preset!r}' if args.preset else ''} (it holds: "
+                  f"{study.experiment_labels()})", file=sys.stderr)  # fmt: skip
             return 2
         for name, preset in runs:
             path, count = export_experiment(study, name, preset, args.out)

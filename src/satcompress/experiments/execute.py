@@ -24,7 +24,7 @@ from satcompress.card import card_hash, training_recipe
 from satcompress.config import Config, ConfigError, config_from_dict
 from satcompress.experiments.plan import RESUMABLE, PlannedStage, model_stage, plan
 from satcompress.experiments.spec import DataSpec, Experiment
-from satcompress.experiments.study import Study
+from satcompress.experiments.study import Study, experiment_label
 from satcompress.utils.executors import task_pool, threads_per_worker
 from satcompress.utils.io import atomic_write_json
 
@@ -301,7 +301,7 @@ def _save_summary(study: Study, run: ExperimentRun) -> None:
         }
     keys = {name: info["key"] for name, info in stages.items() if info["key"]}
     study.bind(experiment.name, experiment.preset, keys)
-    name = experiment.name + (f"@{experiment.preset}" if experiment.preset else "")
+    name = experiment_label(experiment.name, experiment.preset)
     atomic_write_json(study.root / "experiments" / f"{name}.json", {
         "experiment": str(experiment.path), "preset": experiment.preset, "stages": stages,
     })  # fmt: skip

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from satcompress.experiments.study import StageRow, Study
+from satcompress.experiments.study import StageRow, Study, experiment_label
 from satcompress.utils.io import atomic_write_json, read_jsonl
 
 __all__ = ["experiment_records", "export_experiment"]
@@ -37,9 +37,8 @@ def experiment_records(study: Study, experiment: str, preset: str) -> list[dict[
     """
     keys = study.bindings(experiment, preset)
     if not keys:
-        known = ", ".join(f"{n}@{p}" if p else n for n, p in study.experiments()) or "none"
         raise KeyError(f"the study holds no run of {experiment!r} with preset {preset!r} "
-                       f"(it holds: {known})")  # fmt: skip
+                       f"(it holds: {study.experiment_labels()})")  # fmt: skip
     rows = {name: study.get(key) for name, key in keys.items()}
     done = {name: row for name, row in rows.items() if row is not None and row.status == "done"}
     records = {
@@ -68,7 +67,7 @@ def export_experiment(
     """
     path = Path(out)
     if path.suffix != ".json":
-        path = path / f"{experiment}{f'@{preset}' if preset else ''}.json"
+        path = path / f"{experiment_label(experiment, preset)}.json"
     records = experiment_records(study, experiment, preset)
     atomic_write_json(path, records)
     return path, len(records)

@@ -37,7 +37,7 @@ from typing import Any
 
 from satcompress.utils.io import atomic_write_json, read_json
 
-__all__ = ["KEY_FORMAT", "Claim", "Study", "StageRow", "stage_key"]
+__all__ = ["KEY_FORMAT", "Claim", "Study", "StageRow", "experiment_label", "stage_key"]
 
 #: Tag hashed into every key; bumped when what a key covers changes meaning.
 KEY_FORMAT = "satcompress.stage-key/1"
@@ -499,6 +499,10 @@ class Study:
         )
         return {stage: key for stage, key in rows}
 
+    def experiment_labels(self) -> str:
+        """Every experiment run into the study, as :func:`experiment_label` names them."""
+        return ", ".join(experiment_label(n, p) for n, p in self.experiments()) or "none"
+
     def experiments(self) -> list[tuple[str, str]]:
         """``(experiment, preset)`` of every experiment run into the study, by name."""
         rows = self._db.execute(
@@ -548,6 +552,11 @@ class Study:
             details=json.loads(row["details"]) if row["details"] else None,
             error=row["error"],
         )
+
+
+def experiment_label(name: str, preset: str | None) -> str:
+    """``name@preset`` (just ``name`` without a preset): how files and reports name a run."""
+    return f"{name}@{preset}" if preset else name
 
 
 def _canonical(value: Mapping[str, Any]) -> str:

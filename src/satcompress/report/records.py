@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from satcompress.experiments.study import STAGE_SOURCE, Study
+from satcompress.experiments.study import STAGE_SOURCE, Study, experiment_label
 
 FP32 = "fp32"
 KD = "KD"
@@ -348,11 +348,6 @@ class StudyData:
     experiments: dict[str, list[tuple[str, Entry, float | None]]] = dataclasses.field(
         default_factory=dict
     )
-
-
-def experiment_label(name: str, preset: str) -> str:
-    """``name@preset`` (just ``name`` without a preset)."""
-    return f"{name}@{preset}" if preset else name
 
 
 def load_study(study_dir: str | Path) -> StudyData:
