@@ -366,6 +366,9 @@ def test_study_export_writes_each_experiment_and_import_reads_it_back(first_run,
         )
     assert main(["study", "export", "nothing", "--study", str(folder), "--out", str(out)]) == 2
     assert "holds no run of nothing (it holds: tiny@cpu)" in capsys.readouterr().err
+    one = out / "tiny.json"  # a file name for one experiment
+    assert main(["study", "export", "tiny", "--study", str(folder), "--out", str(one)]) == 0
+    assert json.loads(one.read_text()) == exported
 
 
 def test_report_of_a_study_has_its_experiments_tables(first_run, tmp_path):
@@ -397,6 +400,17 @@ def test_a_checkpoint_of_other_classes_fails_before_anything_runs(
     assert f"{config}:6: stage 'measure': its from: checkpoint {eurosat_model}" in str(err.value)
     assert "trained on 10 classes (AnnualCrop" in str(err.value)
     assert "the ucmerced data has 21 (agricultural" in str(err.value) and calls == []
+
+
+def test_export_of_several_experiments_into_one_file_is_refused(first_run, tmp_path, capsys):
+    _, folder = _copy(first_run, tmp_path)
+    with Study(folder) as study:
+        study.bind("other", "", study.bindings("tiny", "cpu"))
+    args = ["study", "export", "--study", str(folder), "--out", str(tmp_path / "all.json")]
+    assert main(args) == 2 and not (tmp_path / "all.json").exists()
+    assert "names one file, but 2 experiments match" in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "out")]) == 0
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"other.json", "tiny@cpu.json"}
 
 
 def test_an_interrupted_experiment_exports_the_stages_it_finished(

@@ -71,7 +71,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                         help="experiment names (default: every one in the study)")  # fmt: skip
     export.add_argument("--preset", help="only this preset (default: every preset run)")
     export.add_argument("--out", type=Path, default=Path("results"),
-                        help="folder for the files (default: results)")  # fmt: skip
+                        help="folder for the files (default: results), or a .json file for "
+                             "one experiment")  # fmt: skip
     _study_flag(export)
     export.set_defaults(handler=cmd_study_export)
 
@@ -145,9 +146,10 @@ def cmd_study_show(args: argparse.Namespace) -> int:
             if rows:
                 kinds = ", ".join(sorted({s.kind for s in rows}))
                 print(f"{len(rows)} stages {status} ({kinds})")
+        finished = {s.key for s in stages if s.status == "done"}
         for name, preset in study.experiments():
             keys = study.bindings(name, preset).values()
-            done = sum(1 for key in keys if (row := study.get(key)) and row.status == "done")
+            done = sum(1 for key in keys if key in finished)
             state = "complete" if done == len(keys) else "incomplete"
             print(f"experiment {experiment_label(name, preset)}: {done} of {len(keys)} stages "
                   f"done ({state})")  # fmt: skip
@@ -173,6 +175,10 @@ def cmd_study_export(args: argparse.Namespace) -> int:
             print(f"the study {args.study} holds no run of {', '.join(missing) or 'any experiment'}"
                   f"{f' with preset {args.preset!r}' if args.preset else ''} (it holds: "
                   f"{study.experiment_labels()})", file=sys.stderr)  # fmt: skip
+            return 2
+        if args.out.suffix == ".json" and len(runs) > 1:
+            print(f"--out {args.out} names one file, but {len(runs)} experiments match: give a "
+                  "folder, or one experiment name", file=sys.stderr)  # fmt: skip
             return 2
         for name, preset in runs:
             path, count = export_experiment(study, name, preset, args.out)

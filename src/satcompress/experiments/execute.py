@@ -299,8 +299,6 @@ def _save_summary(study: Study, run: ExperimentRun) -> None:
             "run_dir": str(stage.run_dir),
             **{k: record.get(k) for k in ("accuracy", "size_bytes", "format") if k in record},
         }
-    keys = {name: info["key"] for name, info in stages.items() if info["key"]}
-    study.bind(experiment.name, experiment.preset, keys)
     name = experiment_label(experiment.name, experiment.preset)
     atomic_write_json(study.root / "experiments" / f"{name}.json", {
         "experiment": str(experiment.path), "preset": experiment.preset, "stages": stages,

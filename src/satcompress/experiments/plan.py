@@ -136,11 +136,13 @@ def _check_classes(spec: StageSpec, experiment: Experiment) -> None:
     from satcompress.data import dataset_classes
 
     expected = dataset_classes(spec.data.dataset)
+    if expected is None:
+        return
     refs = [("teacher", spec.teacher)]
     if spec.kind not in NEW_HEAD_STAGES:
         refs.append(("from", spec.source))
     for field, ref in refs:
-        if expected is None or ref is None or ref.path is None:
+        if ref is None or ref.path is None:
             continue
         classes = _card(ref.path).get("classes")
         if classes and list(classes) != list(expected):
