@@ -430,7 +430,9 @@ def test_an_interrupted_experiment_exports_the_stages_it_finished(
         assert study.get(study.bindings("tiny", "cpu")["pruned"]).status == "running"
     assert [r["id"] for r in records] == ["tiny/base"]  # the new prune is bound, not done
     assert main(["study", "show", "--study", str(folder)]) == 0
-    assert "experiment tiny@cpu: 1 of 2 stages done (incomplete)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "experiment tiny@cpu: 1 of 2 stages done (incomplete)" in out
+    assert "1 stage interrupted (prune)" in out and "running" not in out
 
 
 def _finished(study, key, kind, record=None, details=None, input_key=None):
@@ -439,7 +441,7 @@ def _finished(study, key, kind, record=None, details=None, input_key=None):
     return study.run_dir(kind, key)
 
 
-def test_export_carries_what_the_report_reads_from_stages(tmp_path):
+def test_export_carries_what_the_report_reads_from_stages(tmp_path, caplog):
     blocks = {"blocks": [{"block": 0, "removed_accuracy": 0.7}]}
     candidate = {"id": "c1", "bytes": 900, "accuracy": 0.8, "status": "ok"}
     with Study(tmp_path / "s") as study:
@@ -456,6 +458,7 @@ def test_export_carries_what_the_report_reads_from_stages(tmp_path):
     assert records["e/search"]["baic"] == {"budget_bytes": 1000, "candidates": [candidate]}
     assert path == tmp_path / "out" / "e.json" and count == 2
     assert json.loads(path.read_text()) == list(records.values())
+    assert "candidates.jsonl:2: skipped a line that is not JSON" in caplog.text
 
 
 def test_mlflow_logs_each_stage_that_ran(first_run, monkeypatch):

@@ -14,6 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from satcompress.experiments.study import StageRow, Study
 
 #: Where a study lives unless ``--study`` says otherwise.
 DEFAULT_STUDY = Path("runs") / "study"
@@ -141,11 +145,12 @@ def cmd_study_show(args: argparse.Namespace) -> int:
 
     with Study(args.study) as study:
         stages = study.stages()
-        for status in ("done", "running", "failed"):
-            rows = [s for s in stages if s.status == status]
+        states = [_stage_state(study, s) for s in stages]
+        for state in ("done", "running", "interrupted", "failed"):
+            rows = [s for s, s_state in zip(stages, states, strict=True) if s_state == state]
             if rows:
                 kinds = ", ".join(sorted({s.kind for s in rows}))
-                print(f"{len(rows)} stages {status} ({kinds})")
+                print(f"{len(rows)} stage{'s' * (len(rows) != 1)} {state} ({kinds})")
         finished = {s.key for s in stages if s.status == "done"}
         for name, preset in study.experiments():
             keys = study.bindings(name, preset).values()
@@ -156,6 +161,13 @@ def cmd_study_show(args: argparse.Namespace) -> int:
         for source, count in sorted(study.sources().items()):
             print(f"{count} records from {source}")
     return 0
+
+
+def _stage_state(study: Study, row: StageRow) -> str:
+    """A stage row's status, ``interrupted`` for a running one whose process is gone."""
+    if row.status == "running" and not study.alive(row):
+        return "interrupted"  # rerunning the experiment resumes it
+    return row.status
 
 
 def cmd_study_export(args: argparse.Namespace) -> int:

@@ -11,11 +11,14 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -90,18 +93,20 @@ def read_json(path: str | os.PathLike) -> Any:
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file, one per line, in order (``[]`` if missing).
 
-    A line that is not valid JSON (the torn last line of an interrupted append) is skipped,
-    as are lines that hold no object.
+    A line that is not valid JSON (the torn last line of an interrupted append) is skipped
+    with a warning, as are blank lines and lines that hold no object.
     """
     path = Path(path)
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+        except json.JSONDecodeError as error:
+            log.warning("%s:%d: skipped a line that is not JSON (%s)", path, number, error)
     return [row for row in rows if isinstance(row, dict)]
 
 
