@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from satcompress.card import card_hash, lineage_stages
 from satcompress.cli import main
@@ -302,13 +303,27 @@ def test_dry_run_shows_what_is_reused_and_a_rerun_reuses_it(first_run, capsys):
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 @pytest.mark.parametrize("preset", ["cpu", "paper"])
 def test_every_experiment_file_validates_and_dry_runs(path, preset, tmp_path):
-    if "../shared" in path.read_text() and not (ROOT.parent / "shared" / "models").is_dir():
+    if "../shared/models" in path.read_text() and not (ROOT.parent / "shared/models").is_dir():
         pytest.skip("needs ../shared/models")
     experiment = load_experiment(path, preset)
     assert experiment.preset == preset and len(experiment.stages) >= 2
     with Study(tmp_path) as study:
         planned = plan(experiment, study, load_data=False)
     assert [s.spec.name for s in planned] == [s.name for s in experiment.stages]
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_experiment_runs_on_your_own_image_folder(path, imagefolder_root, tmp_path):
+    # experiment 8's cpu preset already transfers (a new head); the others have ``own``
+    preset = "own" if "own" in yaml.safe_load(path.read_text())["presets"] else "cpu"
+    experiment = load_experiment(path, preset, dataset="imagefolder",
+                                 data_dir=imagefolder_root, image_size=32)  # fmt: skip
+    with Study(tmp_path) as study:
+        planned = plan(experiment, study)  # loads the folder; checks every checkpoint's classes
+    assert all(s.key for s in planned) and {s.data["dataset"] for s in planned} == {"imagefolder"}
+    assert {tuple(s.data["image_size"]) for s in planned} == {(32, 32)}
+    # no stage measures or compresses a checkpoint of other classes (the plan checked them)
+    assert all(s.spec.kind == "train" for s in planned if s.spec.source and s.spec.source.path)
 
 
 # --- importing earlier results ---------------------------------------------------------------
@@ -400,6 +415,25 @@ def test_a_checkpoint_of_other_classes_fails_before_anything_runs(
     assert f"{config}:6: stage 'measure': its from: checkpoint {eurosat_model}" in str(err.value)
     assert "trained on 10 classes (AnnualCrop" in str(err.value)
     assert "the ucmerced data has 21 (agricultural" in str(err.value) and calls == []
+
+
+def test_an_image_folder_of_other_classes_fails_before_anything_runs(
+    first_run, imagefolder_root, tmp_path, monkeypatch
+):
+    _, folder, _ = first_run
+    eurosat_model = next((folder / "runs").glob("train-*"))
+    config = tmp_path / "own.yaml"
+    stage = f"  - {{name: measure, stage: evaluate, from: {eurosat_model}}}\n"
+    config.write_text(f"name: own\ndataset: imagefolder\ndata_dir: {imagefolder_root}\n"
+                      f"stages:\n{stage}")  # fmt: skip
+    calls = _forbid_running(monkeypatch)
+    with pytest.raises(ExperimentError) as err:
+        run_experiment(load_experiment(config), tmp_path / "study", progress=False)
+    assert f"{config}:5: stage 'measure': its from: checkpoint {eurosat_model}" in str(err.value)
+    assert "the imagefolder data has 3 (" in str(err.value) and calls == []
+    # a dry run of the same file, with the folder loaded once, stops there too
+    with pytest.raises(ExperimentError, match="trained on 10 classes"):
+        plan(load_experiment(config), Study(tmp_path / "study"), load_data=False)
 
 
 def test_export_of_several_experiments_into_one_file_is_refused(first_run, tmp_path, capsys):

@@ -40,6 +40,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--preset", help="a preset of the file (default: cpu, if it has one)")
     run.add_argument("--dataset", help="replace the file's dataset")
     run.add_argument("--data-dir", type=Path, help="replace the file's data folder")
+    run.add_argument("--image-size", type=int, help="replace the file's image size (pixels)")
     _study_flag(run)
     run.add_argument("--workers", type=int, default=1, help="independent stages at once")
     run.add_argument("--executor", choices=["process", "ray"], default="process",
@@ -94,7 +95,11 @@ def cmd_experiment_run(args: argparse.Namespace) -> int:
     from satcompress.experiments.study import Study
 
     experiment = load_experiment(
-        args.config, args.preset, dataset=args.dataset, data_dir=args.data_dir
+        args.config,
+        args.preset,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        image_size=args.image_size,
     )
     with Study(args.study) as study:
         preset = f", preset {experiment.preset}" if experiment.preset else ""

@@ -101,8 +101,8 @@ def plan(
     """
     planned: dict[str, PlannedStage] = {}
     for spec in experiment.stages:
-        _check_classes(spec, experiment)
         data = _stage_data(spec, experiment, study, planned, load_data, progress)
+        _check_classes(spec, experiment, study)
         input_ref = _ref(spec.source, planned)
         settings = {
             "config": config_view(spec.config),
@@ -125,18 +125,18 @@ def plan(
 NEW_HEAD_STAGES = ("train", "distill")
 
 
-def _check_classes(spec: StageSpec, experiment: Experiment) -> None:
+def _check_classes(spec: StageSpec, experiment: Experiment, study: Study) -> None:
     """Fail early when a checkpoint a stage uses was trained on other classes than its data.
 
-    Only named datasets know their classes before loading; an image folder's are checked
-    when the stage loads the model.
+    A named dataset knows its classes; an image folder's are saved with its fingerprint
+    when the plan loads it (a dry run that has not loaded it leaves the check to the stage).
     """
     if spec.data is None:
         return
     from satcompress.data import dataset_classes
 
-    expected = dataset_classes(spec.data.dataset)
-    if expected is None:
+    expected = dataset_classes(spec.data.dataset) or _loaded_classes(spec.data, study)
+    if not expected:
         return
     refs = [("teacher", spec.teacher)]
     if spec.kind not in NEW_HEAD_STAGES:
@@ -153,6 +153,12 @@ def _check_classes(spec: StageSpec, experiment: Experiment) -> None:
                 f"{spec.data.dataset} data has {len(expected)} ({known}, ...); point {field}: "
                 f"at a model trained on {spec.data.dataset}, or train one in an earlier stage"
             )
+
+
+def _loaded_classes(spec: DataSpec, study: Study) -> list[str] | None:
+    """The classes of data the study has loaded before (None if it has not)."""
+    source = study.data_source(spec.to_dict(), folder_stamp(spec))
+    return source.get("classes") if source is not None else None
 
 
 def _status(study: Study, kind: str, key: str) -> str:
@@ -312,7 +318,8 @@ def data_part(
         from satcompress.card import DataSource
         from satcompress.experiments.execute import load_data
 
-        source = DataSource.of(load_data(spec, progress), spec.seed).to_dict()
+        dataset = load_data(spec, progress)
+        source = {**DataSource.of(dataset, spec.seed).to_dict(), "classes": list(dataset.classes)}
         study.save_data_source(spec.to_dict(), stamp, source)
     return _hashed(source) if source is not None else None
 

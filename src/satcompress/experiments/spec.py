@@ -301,6 +301,7 @@ def load_experiment(
     *,
     dataset: str | None = None,
     data_dir: str | Path | None = None,
+    image_size: int | None = None,
 ) -> Experiment:
     """Read, merge and check an experiment file.
 
@@ -310,6 +311,7 @@ def load_experiment(
         dataset: Replaces the file's ``dataset`` (``--dataset``).
         data_dir: Replaces the file's ``data_dir`` (``--data-dir``; relative to the current
             folder).
+        image_size: Replaces the file's (and preset's) ``image_size`` (``--image-size``).
 
     Returns:
         The checked experiment.
@@ -332,6 +334,8 @@ def load_experiment(
         doc["dataset"] = dataset
     if data_dir is not None:
         doc["data_dir"] = str(Path(data_dir).resolve())
+    if image_size is not None:
+        doc["image_size"] = image_size
     return _Builder(path, doc).experiment(chosen)
 
 
