@@ -261,12 +261,16 @@ def test_headline_kd_row_is_the_distilled_students_deployable_file(tmp_path):
                    "artifact-int8", {"stage": "quantize", "method": "ptq", "ptq": {}},
                    derived_from="mnv2-kd")  # fmt: skip
     unlinked = {k: v for k, v in int8.items() if k != "derived_from"}
-    for name, extra in (("linked", int8), ("unlinked", unlinked)):
+    # a study stage's record says it through its card's lineage instead
+    distill = {"stage": "distill", "train": {"model": "mobilenet_v2",
+                                             "model_kwargs": {"width_mult": 0.5}}}  # fmt: skip
+    staged = {**unlinked, "lineage": [distill, {"stage": "quantize", "config": {}}]}
+    for name, extra in (("linked", int8), ("lineage", staged), ("unlinked", unlinked)):
         (tmp_path / name).mkdir()
         entries = load_study(_study(tmp_path / name, [*_records(), extra])).entries
         rows = headline_markdown(entries).splitlines()
         kd = next(line for line in rows if line.startswith("| KD student"))
-        if name == "linked":
+        if name in ("linked", "lineage"):
             assert kd.startswith("| KD student mobilenet_v2 (width 0.5) + PTQ |")
             assert "**92.89%** | 885,108 | 50.5x | 8" in kd
         else:  # without the link it is an ordinary PTQ file: the KD row is the fp32 student

@@ -162,7 +162,7 @@ def headline(entries: Sequence[Entry]) -> Headline:
         budgets.setdefault(_budget(e), e)
     rows += [(f"BAIC ≤ {byte_label(b)}", e) for b, e in budgets.items()] or [("BAIC", None)]
     rows += _best_under(pool, budgets)
-    kd = [e for e in pool if e.technique == KD or _distilled_source(e, pool) is not None]
+    kd = [e for e in pool if _student_recipe(e, pool) is not None]
     small = min(kd, key=lambda e: (e.size_bytes or 0, -(e.accuracy or 0)), default=None)
     rows.append(("KD", small))
     found = [(label, e) for label, e in rows if e is not None]
@@ -194,13 +194,28 @@ def _distilled_source(e: Entry, pool: Sequence[Entry]) -> Entry | None:
     return found[0] if found and found[0].technique == KD else None
 
 
+def _student_recipe(e: Entry, pool: Sequence[Entry]) -> dict[str, Any] | None:
+    """The training recipe of the distilled student ``e`` is (or was compressed from).
+
+    A benchmark record names its source by id (``derived_from``); a study stage's record
+    carries its card's lineage, whose ``distill`` step holds the student's recipe.
+    """
+    if e.technique == KD:
+        return e.record.get("recipe") or {}
+    source = _distilled_source(e, pool)
+    if source is not None:
+        return source.record.get("recipe") or {}
+    for step in e.record.get("lineage") or []:
+        if isinstance(step, dict) and step.get("stage") == "distill":
+            return step.get("train") or {}
+    return None
+
+
 def _label(label: str, e: Entry, pool: Sequence[Entry] = ()) -> str:
     if label == "KD":
-        source = _distilled_source(e, pool)
-        student = source or e
-        widths = (student.record.get("recipe") or {}).get("model_kwargs") or {}
+        widths = (_student_recipe(e, pool) or {}).get("model_kwargs") or {}
         width = f" (width {widths['width_mult']})" if "width_mult" in widths else ""
-        then = f" + {e.technique}" if source is not None else ""
+        then = f" + {e.technique}" if e.technique != KD else ""
         return f"KD student {e.model}{width}{then}"
     return label
 
