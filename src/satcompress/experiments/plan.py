@@ -131,25 +131,24 @@ def _check_classes(spec: StageSpec, experiment: Experiment, study: Study) -> Non
     A named dataset knows its classes; an image folder's are saved with its fingerprint
     when the plan loads it (a dry run that has not loaded it leaves the check to the stage).
     """
-    if spec.data is None:
+    refs = [("teacher", spec.teacher)]
+    if spec.kind not in NEW_HEAD_STAGES:
+        refs.append(("from", spec.source))
+    checkpoints = [(field, ref.path) for field, ref in refs if ref is not None and ref.path]
+    if spec.data is None or not checkpoints:
         return
     from satcompress.data import dataset_classes
 
     expected = dataset_classes(spec.data.dataset) or _loaded_classes(spec.data, study)
     if not expected:
         return
-    refs = [("teacher", spec.teacher)]
-    if spec.kind not in NEW_HEAD_STAGES:
-        refs.append(("from", spec.source))
-    for field, ref in refs:
-        if ref is None or ref.path is None:
-            continue
-        classes = _card(ref.path).get("classes")
+    for field, path in checkpoints:
+        classes = _card(path).get("classes")
         if classes and list(classes) != list(expected):
             found, known = ", ".join(classes[:3]), ", ".join(expected[:3])
             raise ExperimentError(
                 f"{experiment.path}:{spec.line}: stage {spec.name!r}: its {field}: checkpoint "
-                f"{ref.path} was trained on {len(classes)} classes ({found}, ...), but the "
+                f"{path} was trained on {len(classes)} classes ({found}, ...), but the "
                 f"{spec.data.dataset} data has {len(expected)} ({known}, ...); point {field}: "
                 f"at a model trained on {spec.data.dataset}, or train one in an earlier stage"
             )
