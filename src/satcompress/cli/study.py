@@ -50,6 +50,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="validate and print the plan; run nothing"
     )
     run.add_argument("--mlflow", metavar="URI", help="also log each stage as an MLflow run")
+    run.add_argument(
+        "--export", type=Path, metavar="DIR",
+        help="then write the experiment's records to DIR/<name>@<preset>.json (as `study "
+        "export` does), also after a failed or interrupted run",
+    )  # fmt: skip
     run.set_defaults(handler=cmd_experiment_run)
 
     study = commands.add_parser("study", help="the results store of a study").add_subparsers(
@@ -122,12 +127,24 @@ def cmd_experiment_run(args: argparse.Namespace) -> int:
             print("interrupted; finished stages are saved in the study: rerun the same command "
                   "to continue (interrupted training resumes from its last epoch)",
                   file=sys.stderr)  # fmt: skip
+            _export_run(args.export, study, experiment.name, experiment.preset)
             return 130
+        _export_run(args.export, study, experiment.name, experiment.preset)
     counts = {o: list(result.outcomes.values()).count(o) for o in set(result.outcomes.values())}
     print(", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
     for name, error in result.errors.items():
         print(f"{name} failed: {error}", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _export_run(out: Path | None, study: Study, name: str, preset: str) -> None:
+    """Write the stages of the run that finished to ``out`` (nothing when ``out`` is None)."""
+    if out is None:
+        return
+    from satcompress.experiments.export import export_experiment
+
+    path, count = export_experiment(study, name, preset, out)
+    print(f"{path}: {count} records")
 
 
 def cmd_study_import(args: argparse.Namespace) -> int:
