@@ -146,6 +146,18 @@ def test_a_changed_stage_reruns_alone_and_a_changed_input_moves_every_key(
     assert {s.status for s in after.values()} == {"run"}
 
 
+def test_one_worker_runs_the_stages_in_file_order(first_run, tmp_path, monkeypatch):
+    # "other" was ready from the start, but "pruned" comes first in the file: it runs first
+    config, folder = _copy(first_run, tmp_path)
+    other = "  - {name: other, stage: train, config: {model: test_cnn, lr: 0.02}}\n"
+    config.write_text(config.read_text().replace("presets:", f"{other}presets:"))
+    calls = _forbid_running(monkeypatch, allowed=("other",))
+    result = run_experiment(load_experiment(config), folder, progress=False)
+    assert list(result.outcomes.items()) == [("base", "reused"), ("pruned", "reused"),
+                                             ("other", "ran")]  # fmt: skip
+    assert calls == ["other"]
+
+
 def test_an_interrupted_stage_resumes_and_what_follows_is_reused(first_run, tmp_path):
     config, folder = _copy(first_run, tmp_path)
     with sqlite3.connect(folder / "study.sqlite") as db:  # its process is gone

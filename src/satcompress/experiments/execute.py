@@ -154,7 +154,7 @@ def run_experiment(
     waiting = {stage.spec.name: set(stage.spec.depends_on()) for stage in stages}
     try:
         with task_pool(kind, workers, ray_address=ray_address) as pool:
-            _schedule(pool, waiting, jobs, run, progress, on_stage)
+            _schedule(pool, max(1, workers), waiting, jobs, run, progress, on_stage)
     except ImportError as err:  # Ray is not installed
         raise ConfigError(str(err)) from err
     _skip_unreachable(waiting, run, progress)
@@ -164,15 +164,16 @@ def run_experiment(
 
 def _schedule(
     pool: Any,
+    slots: int,
     waiting: dict[str, set[str]],
     jobs: dict[str, StageJob],
     run: ExperimentRun,
     progress: bool,
     on_stage: Callable[[PlannedStage, str, float], None] | None,
 ) -> None:
-    """Submit the stages whose inputs are finished, collect them, submit the next ones."""
+    """Submit ready stages (``slots`` at a time), collect them, submit the next ones."""
     by_name = {stage.spec.name: stage for stage in run.stages}
-    _submit_ready(pool, waiting, jobs, run)
+    _submit_ready(pool, waiting, jobs, run, slots)
     while pool.pending:
         done = pool.next_done()
         outcome, seconds = _outcome(done)
@@ -181,7 +182,7 @@ def _schedule(
             run.errors[done.name] = f"{type(done.error).__name__}: {done.error}"
             log.error("stage %s failed", done.name, exc_info=done.error)
         _report(by_name[done.name], outcome, seconds, run, progress, on_stage)
-        _submit_ready(pool, waiting, jobs, run)
+        _submit_ready(pool, waiting, jobs, run, slots)
 
 
 def _jobs(
@@ -245,11 +246,23 @@ def _location(ref: Any, by_name: dict[str, PlannedStage]) -> str | None:
 
 
 def _submit_ready(
-    pool: Any, waiting: dict[str, set[str]], jobs: dict[str, StageJob], run: ExperimentRun
+    pool: Any,
+    waiting: dict[str, set[str]],
+    jobs: dict[str, StageJob],
+    run: ExperimentRun,
+    slots: int,
 ) -> None:
-    """Submit every stage whose inputs are all finished (and forget it from ``waiting``)."""
+    """Submit stages whose inputs are all finished, in file order, while a slot is free.
+
+    Holding back what the workers cannot start yet keeps the file's order: a stage that
+    follows its input in the file runs as soon as the input is done, before later stages
+    that were ready all along (otherwise every stage without inputs, the long trainings,
+    would queue up first).
+    """
     finished = {n for n, o in run.outcomes.items() if o in ("ran", "resumed", "reused")}
     for name in [n for n, deps in waiting.items() if deps <= finished]:
+        if pool.pending >= slots:
+            return
         del waiting[name]
         pool.submit(name, run_stage, jobs[name])
 
