@@ -184,6 +184,19 @@ def test_initialisation_from_the_recipe(recipe, expected):
     assert initialisation({"recipe": recipe}) == expected
 
 
+def test_initialisation_follows_the_lineage_past_qat_fine_tuning():
+    # a QAT file's recipe.train is its own fine-tuning (no weights): the lineage's first
+    # step, the transfer training, is where the model started
+    qat = {"stage": "quantize", "train": {"weights": None, "pretrained": False}}
+    transfer = {"stage": "train", "config": {"weights": "eurosat.safetensors", "new_head": True}}
+    distill = {"stage": "distill", "train": {"weights": None, "pretrained": False}}
+    quantize = {"stage": "quantize", "config": {}}
+    assert initialisation({"recipe": qat, "lineage": [transfer, quantize]}) == TRANSFER
+    assert initialisation({"recipe": qat, "lineage": [distill, quantize]}) == SCRATCH
+    assert initialisation({"recipe": qat}) is None  # no lineage: the origin is unknown
+    assert initialisation({"recipe": qat, "lineage": [quantize]}) is None
+
+
 def test_report_md_puts_scratch_and_transfer_side_by_side(report):
     text = report.markdown.read_text()
     assert "## Initialisation: ucmerced" in text and "## Initialisation: eurosat" not in text

@@ -196,10 +196,13 @@ INITIALISATIONS = (SCRATCH, TRANSFER, FROM_WEIGHTS, PRETRAINED)
 
 
 def initialisation(record: Mapping[str, Any]) -> str | None:
-    """How the model behind a record started training, from its recipe's training config.
+    """How the model behind a record started training.
 
-    A compressed model's recipe carries the training config of the model it came from
-    (``recipe.train``), so a pruned transfer model still reads as transfer.
+    The first step of the record's lineage (its card's: the ``train`` or ``distill`` stage
+    the model came from) says it, so a quantized or pruned transfer model reads as transfer.
+    Without a lineage the recipe does: a compressed model's recipe carries the training
+    config of the model it came from (``recipe.train``), except QAT's, whose ``train`` is
+    its own fine-tuning.
 
     Args:
         record: A record (schema ``satcompress.record/1``).
@@ -207,14 +210,30 @@ def initialisation(record: Mapping[str, Any]) -> str | None:
     Returns:
         :data:`PRETRAINED` (``pretrained: true``), :data:`TRANSFER` (another model's
         ``weights`` with a ``new_head``: another dataset's classes), :data:`FROM_WEIGHTS`
-        (``weights`` without a new head), :data:`SCRATCH`, or None when the recipe does not
-        say (a model trained elsewhere, or a measuring stage's record).
+        (``weights`` without a new head), :data:`SCRATCH`, or None when neither says (a
+        model trained elsewhere, measured or quantized without a lineage).
     """
+    origin = _origin_config(record.get("lineage"))
+    if origin is not None:
+        return _started(origin)
     recipe = _recipe(record)
     stage = recipe.get("stage")
-    if stage is not None and stage in MEASURE_STAGES:  # its weights: the file it measured
+    if stage is not None and stage in (*MEASURE_STAGES, "quantize"):
+        return None  # the file it measured / QAT's own fine-tuning: the origin is unknown
+    return _started(recipe.get("train") if isinstance(recipe.get("train"), dict) else recipe)
+
+
+def _origin_config(lineage: Any) -> dict[str, Any] | None:
+    """The training config of a lineage's first step, if that step trained the model."""
+    if not isinstance(lineage, list) or not lineage or not isinstance(lineage[0], dict):
         return None
-    train = recipe.get("train") if isinstance(recipe.get("train"), dict) else recipe
+    first = lineage[0]
+    config = first.get({"train": "config", "distill": "train"}.get(first.get("stage"), ""))
+    return config if isinstance(config, dict) else None
+
+
+def _started(train: Mapping[str, Any]) -> str | None:
+    """:func:`initialisation` of one training config."""
     if "pretrained" not in train and "weights" not in train:
         return None
     if train.get("pretrained"):
