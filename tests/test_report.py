@@ -12,7 +12,7 @@ from satcompress.cli import main
 from satcompress.experiments.study import Study
 from satcompress.report import build_report, headline_markdown, load_study, technique
 from satcompress.report.diagram import pipeline_layout
-from satcompress.report.document import MARKERS, duration, replace_section
+from satcompress.report.document import MARKERS, duration, experiment_blocks, replace_section
 from satcompress.report.figures import FIGURES, parse_vit_table
 from satcompress.report.records import (
     BAIC,
@@ -28,6 +28,7 @@ from satcompress.report.records import (
     SCRATCH,
     TRANSFER,
     bits_label,
+    classify,
     initialisation,
     sparsity,
 )
@@ -53,7 +54,7 @@ def _qat(bits):
 
 def _tag(stage, seconds):  # as `satcompress study export` tags an experiment's records
     return {"name": "exp3", "preset": "cpu", "stage": stage, "kind": "quantize", "key": stage,
-            "seconds": seconds}  # fmt: skip
+            "seconds": seconds, "done": 2, "stages": 3}  # fmt: skip
 
 
 def _records():
@@ -242,12 +243,25 @@ def test_report_md_holds_the_store_numbers(report):
 
 def test_report_md_has_a_table_per_experiment(report):
     text = report.markdown.read_text()
-    assert "## Experiment: exp3@cpu (2 stages finished)" in text
+    assert "## Experiment: exp3@cpu (incomplete: 2 of 3 stages finished)" in text
     for row in ("| r18_int8 | resnet18 | PTQ | 95.56% | 10,237,026 | 4.4x | 8 | — | 3.25 | 42 s |",
                 "| r18_qat_w2 | resnet18 | QAT | 95.44% | 2,233,376 | 20.0x | 2/8 | — | 3.25 | "
                 "1 h 05 min |"):  # fmt: skip
         assert row in text
     assert text.index("## Experiment: exp3@cpu") < text.index("## Records: eurosat")
+
+
+def test_experiment_headings_say_whether_every_stage_finished():
+    entry = classify([_record("a", "resnet18", "eurosat", 0.9, 100, "onnx-fp32",
+                              {"stage": "train"})], "x.json")[0]  # fmt: skip
+    rows = {"e@cpu": [("a", entry, None)]}
+
+    def heading(progress):
+        return experiment_blocks(rows, [entry], progress)[0].text
+
+    assert heading(None) == "Experiment: e@cpu (1 stage finished)"  # files exported before
+    assert heading({"e@cpu": (1, 1)}) == "Experiment: e@cpu (complete: 1 stage)"
+    assert heading({"e@cpu": (1, 4)}) == "Experiment: e@cpu (incomplete: 1 of 4 stages finished)"
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(None, "—"), (42.4, "42 s"), (89, "89 s"),

@@ -404,7 +404,7 @@ def test_report_of_a_study_has_its_experiments_tables(first_run, tmp_path):
     with Study(folder) as study:
         records = {r["stage_key"]: r for r in study.records("stage")}
         keys = study.bindings("tiny", "cpu")
-    assert "## Experiment: tiny@cpu (2 stages finished)" in text
+    assert "## Experiment: tiny@cpu (complete: 2 stages)" in text
     for stage in ("base", "pruned"):
         accuracy = f"{100 * records[keys[stage]]['accuracy']:.2f}%"
         assert any(line.startswith(f"| {stage} | test_cnn |") and accuracy in line
@@ -477,6 +477,11 @@ def test_an_interrupted_experiment_exports_the_stages_it_finished(
         assert study.get(study.bindings("tiny", "cpu")["pruned"]).status == "running"
     assert [r["id"] for r in records] == ["tiny/base"]  # the new prune is bound, not done
     assert json.loads((out / "tiny@cpu.json").read_text()) == records
+    assert records[0]["experiment"]["done"] == 1 and records[0]["experiment"]["stages"] == 2
+    with Study(tmp_path / "imported") as imported:
+        imported.import_results(out / "*.json")
+    text = build_report(tmp_path / "imported", tmp_path / "visuals").markdown.read_text()
+    assert "## Experiment: tiny@cpu (incomplete: 1 of 2 stages finished)" in text
     assert main(["study", "show", "--study", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "experiment tiny@cpu: 1 of 2 stages done (incomplete)" in out

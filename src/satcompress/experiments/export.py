@@ -30,7 +30,8 @@ def experiment_records(study: Study, experiment: str, preset: str) -> list[dict[
 
     Returns:
         One record per finished stage that has one, with ``id`` ``<experiment>/<stage>`` and
-        an ``experiment`` block (name, preset, stage, kind, key, seconds).
+        an ``experiment`` block (name, preset, stage, kind, key, seconds; ``done`` and
+        ``stages``: how many of the experiment's stages had finished when it was written).
 
     Raises:
         KeyError: If the study never ran that experiment with that preset.
@@ -41,8 +42,9 @@ def experiment_records(study: Study, experiment: str, preset: str) -> list[dict[
                        f"(it holds: {study.experiment_labels()})")  # fmt: skip
     rows = {name: study.get(key) for name, key in keys.items()}
     done = {name: row for name, row in rows.items() if row is not None and row.status == "done"}
+    progress = {"done": len(done), "stages": len(keys)}
     records = {
-        name: _tagged(row, experiment, preset, name)
+        name: _tagged(row, experiment, preset, name, progress)
         for name, row in done.items()
         if row.record is not None
     }
@@ -73,11 +75,14 @@ def export_experiment(
     return path, len(records)
 
 
-def _tagged(row: StageRow, experiment: str, preset: str, name: str) -> dict[str, Any]:
+def _tagged(
+    row: StageRow, experiment: str, preset: str, name: str, progress: dict[str, int]
+) -> dict[str, Any]:
     record = dict(row.record or {})
     record["id"] = f"{experiment}/{name}"
     record["experiment"] = {"name": experiment, "preset": preset, "stage": name,
-                            "kind": row.kind, "key": row.key, "seconds": row.seconds}  # fmt: skip
+                            "kind": row.kind, "key": row.key, "seconds": row.seconds,
+                            **progress}  # fmt: skip
     if row.kind == "baic":
         summary = dict(record.get("baic") or {})
         if not summary.get("candidates"):

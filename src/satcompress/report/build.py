@@ -119,7 +119,7 @@ def build_report(
         Block("md", headline),
         Block("h2", "Figures"),
         *figure_blocks,
-        *experiment_blocks(data.experiments, data.entries),
+        *experiment_blocks(data.experiments, data.entries, data.progress),
         *initialisation_blocks(data.entries),
         *table_blocks(data.entries),
     ]  # fmt: skip

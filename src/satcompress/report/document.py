@@ -144,12 +144,15 @@ EXPERIMENT_HEADER = ("stage", "model", "technique", "test acc.", "deployable byt
 def experiment_blocks(
     experiments: Mapping[str, Sequence[tuple[str, Entry, float | None]]],
     entries: Sequence[Entry],
+    progress: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[Block]:
     """One heading and table per experiment: its finished stages in the file's order.
 
     Args:
         experiments: :attr:`~satcompress.report.records.StudyData.experiments`.
         entries: Every entry (a stage's compression ratio is against its model's fp32 file).
+        progress: :attr:`~satcompress.report.records.StudyData.progress`: the heading says
+            how many of its stages had finished, and whether that is all of them.
 
     Returns:
         The blocks (none without experiments).
@@ -162,9 +165,25 @@ def experiment_blocks(
              sparsity_text(e.sparsity), ms(e.latency("bs1")), duration(seconds))
             for stage, e, seconds in rows
         ]  # fmt: skip
-        blocks += [Block("h2", f"Experiment: {label} ({len(body)} stages finished)"),
+        state = _progress(len(body), (progress or {}).get(label))
+        blocks += [Block("h2", f"Experiment: {label} ({state})"),
                    Block("table", rows=(EXPERIMENT_HEADER, *body))]  # fmt: skip
     return blocks
+
+
+def _progress(rows: int, counts: tuple[int, int] | None) -> str:
+    if counts is None:
+        return f"{_stages(rows)} finished"
+    done, total = counts
+    return (
+        f"complete: {_stages(total)}"
+        if done >= total
+        else f"incomplete: {done} of {_stages(total)} finished"
+    )
+
+
+def _stages(count: int) -> str:
+    return f"{count} stage{'s' * (count != 1)}"
 
 
 def duration(seconds: float | None) -> str:

@@ -359,6 +359,7 @@ class StudyData:
         experiments: Each experiment (``name`` or ``name@preset``) -> its finished stages'
             ``(stage name, entry, seconds)`` in file order: from the study's own runs, and
             from imported files whose records carry an ``experiment`` tag (``study export``).
+        progress: Each experiment -> ``(finished stages, stages)`` where known.
     """
 
     root: Path
@@ -367,6 +368,7 @@ class StudyData:
     experiments: dict[str, list[tuple[str, Entry, float | None]]] = dataclasses.field(
         default_factory=dict
     )
+    progress: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 def load_study(study_dir: str | Path) -> StudyData:
@@ -389,31 +391,43 @@ def load_study(study_dir: str | Path) -> StudyData:
         entries = []
         for source in sorted(s for s in study.sources() if s != STAGE_SOURCE):
             entries += classify(study.records(source), Path(source).name)
-        stages, by_key = [], {}
+        stages, by_key, done = [], {}, set()
         for row in study.stages("done"):
             stages.append((row.kind, row.details, row.run_dir))
+            done.add(row.key)
             if row.record is not None:
                 by_key[row.key] = (classify([row.record], f"stage:{row.kind}")[0], row.seconds)
-        experiments = {}
+        experiments, progress = {}, {}
         for name, preset in study.experiments():
-            bound = study.bindings(name, preset).items()
-            rows = [(stage, *by_key[key]) for stage, key in bound if key in by_key]
+            bound = study.bindings(name, preset)
+            rows = [(stage, *by_key[key]) for stage, key in bound.items() if key in by_key]
             if rows:
-                experiments[experiment_label(name, preset)] = rows
+                label = experiment_label(name, preset)
+                experiments[label] = rows
+                progress[label] = (sum(key in done for key in bound.values()), len(bound))
     entries += [entry for entry, _ in by_key.values()]
-    for label, rows in _tagged_experiments(entries).items():
-        experiments.setdefault(label, rows)  # the study's own run of it wins
-    return StudyData(root.resolve(), entries, stages, experiments)
+    for label, (rows, counts) in _tagged_experiments(entries).items():
+        if label not in experiments:  # the study's own run of it wins
+            experiments[label] = rows
+            if counts is not None:
+                progress[label] = counts
+    return StudyData(root.resolve(), entries, stages, experiments, progress)
 
 
-def _tagged_experiments(entries: Iterable[Entry]) -> dict[str, list]:
-    """Imported records' ``experiment`` tags (``satcompress study export``), grouped."""
-    found: dict[str, list] = {}
+def _tagged_experiments(entries: Iterable[Entry]) -> dict[str, tuple[list, Any]]:
+    """Imported records' ``experiment`` tags (``satcompress study export``), grouped.
+
+    Each experiment -> its ``(stage, entry, seconds)`` rows and ``(done, stages)`` (None
+    when the tags do not say: files exported before they did).
+    """
+    found: dict[str, tuple[list, Any]] = {}
     for entry in entries:
         tag = entry.record.get("experiment")
         if isinstance(tag, dict) and tag.get("name") and tag.get("stage"):
             label = experiment_label(str(tag["name"]), str(tag.get("preset") or ""))
-            found.setdefault(label, []).append((str(tag["stage"]), entry, tag.get("seconds")))
+            counts = (tag["done"], tag["stages"]) if "done" in tag and "stages" in tag else None
+            rows, _ = found.setdefault(label, ([], counts))
+            rows.append((str(tag["stage"]), entry, tag.get("seconds")))
     return found
 
 
