@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from satcompress.card import card_hash, lineage_stages
 from satcompress.cli import main
@@ -312,6 +311,24 @@ def test_dry_run_shows_what_is_reused_and_a_rerun_reuses_it(first_run, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == "2 reused"
 
 
+def test_several_files_are_all_checked_then_run_in_turn(first_run, tmp_path, monkeypatch, capsys):
+    config, folder = _copy(first_run, tmp_path)
+    twin = tmp_path / "twin.yaml"  # the same stages under another name: all reused
+    twin.write_text(config.read_text().replace("name: tiny", "name: twin"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("stage: prune", "stage: purne"))
+    calls = _forbid_running(monkeypatch)
+    run = ["experiment", "run", "--study", str(folder), "--export", str(tmp_path / "out")]
+    assert main([*run, str(config), str(bad)]) == 2  # the second file's mistake: nothing ran
+    assert f"{bad}:11: stage 'pruned': unknown stage 'purne'" in capsys.readouterr().err
+    assert calls == [] and not (tmp_path / "out").exists()
+    assert main([*run, str(config), str(twin)]) == 0
+    out = capsys.readouterr().out
+    assert out.index("experiment tiny, preset cpu") < out.index("experiment twin, preset cpu")
+    assert out.count("2 reused") == 2 and calls == []
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"tiny@cpu.json", "twin@cpu.json"}
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 @pytest.mark.parametrize("preset", ["cpu", "paper"])
 def test_every_experiment_file_validates_and_dry_runs(path, preset, tmp_path):
@@ -326,9 +343,7 @@ def test_every_experiment_file_validates_and_dry_runs(path, preset, tmp_path):
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_every_experiment_runs_on_your_own_image_folder(path, imagefolder_root, tmp_path):
-    # experiment 8's cpu preset already transfers (a new head); the others have ``own``
-    preset = "own" if "own" in yaml.safe_load(path.read_text())["presets"] else "cpu"
-    experiment = load_experiment(path, preset, dataset="imagefolder",
+    experiment = load_experiment(path, "own", dataset="imagefolder",
                                  data_dir=imagefolder_root, image_size=32)  # fmt: skip
     with Study(tmp_path) as study:
         planned = plan(experiment, study)  # loads the folder; checks every checkpoint's classes

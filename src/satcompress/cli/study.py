@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from satcompress.experiments.spec import Experiment
     from satcompress.experiments.study import StageRow, Study
 
 #: Where a study lives unless ``--study`` says otherwise.
@@ -36,7 +37,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
             "reused, interrupted ones resumed, changed ones (and what follows them) rerun."
         ),
     )
-    run.add_argument("config", type=Path, help="experiment YAML file")
+    run.add_argument("configs", nargs="+", type=Path, metavar="CONFIG",
+                     help="experiment YAML file(s): every file is checked, then each runs "
+                     "in turn")  # fmt: skip
     run.add_argument("--preset", help="a preset of the file (default: cpu, if it has one)")
     run.add_argument("--dataset", help="replace the file's dataset")
     run.add_argument("--data-dir", type=Path, help="replace the file's data folder")
@@ -93,43 +96,52 @@ def _study_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_experiment_run(args: argparse.Namespace) -> int:
-    """Validate, plan, and (unless ``--dry-run``) run an experiment."""
-    from satcompress.experiments.execute import run_experiment
-    from satcompress.experiments.plan import plan, plan_table
+    """Validate every file, then plan and (unless ``--dry-run``) run each in turn."""
     from satcompress.experiments.spec import load_experiment
     from satcompress.experiments.study import Study
 
-    experiment = load_experiment(
-        args.config,
-        args.preset,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        image_size=args.image_size,
-    )
+    experiments = [
+        load_experiment(config, args.preset, dataset=args.dataset, data_dir=args.data_dir,
+                        image_size=args.image_size)
+        for config in args.configs
+    ]  # fmt: skip
+    code = 0
     with Study(args.study) as study:
-        preset = f", preset {experiment.preset}" if experiment.preset else ""
-        print(f"experiment {experiment.name}{preset}: {len(experiment.stages)} stages, "
-              f"study {study.root}")  # fmt: skip
-        if args.dry_run:
-            print(plan_table(plan(experiment, study, load_data=False), study))
-            return 0
-        tracker = None
-        if args.mlflow:
-            from satcompress.experiments.tracking import MlflowTracker
+        for experiment in experiments:
+            code = max(code, _run_one(args, study, experiment))
+            if code == 130:  # Ctrl-C: not the next file either
+                break
+    return code
 
-            tracker = MlflowTracker(args.mlflow, experiment.name, study)
-        try:
-            result = run_experiment(
-                experiment, study, workers=args.workers, executor=args.executor,
-                ray_address=args.ray_address, on_stage=tracker,
-            )  # fmt: skip
-        except KeyboardInterrupt:
-            print("interrupted; finished stages are saved in the study: rerun the same command "
-                  "to continue (interrupted training resumes from its last epoch)",
-                  file=sys.stderr)  # fmt: skip
-            _export_run(args.export, study, experiment.name, experiment.preset)
-            return 130
+
+def _run_one(args: argparse.Namespace, study: Study, experiment: Experiment) -> int:
+    """Plan and run (or with ``--dry-run`` show) one experiment; its exit code."""
+    from satcompress.experiments.execute import run_experiment
+    from satcompress.experiments.plan import plan, plan_table
+
+    preset = f", preset {experiment.preset}" if experiment.preset else ""
+    print(f"experiment {experiment.name}{preset}: {len(experiment.stages)} stages, "
+          f"study {study.root}")  # fmt: skip
+    if args.dry_run:
+        print(plan_table(plan(experiment, study, load_data=False), study))
+        return 0
+    tracker = None
+    if args.mlflow:
+        from satcompress.experiments.tracking import MlflowTracker
+
+        tracker = MlflowTracker(args.mlflow, experiment.name, study)
+    try:
+        result = run_experiment(
+            experiment, study, workers=args.workers, executor=args.executor,
+            ray_address=args.ray_address, on_stage=tracker,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print("interrupted; finished stages are saved in the study: rerun the same command "
+              "to continue (interrupted training resumes from its last epoch)",
+              file=sys.stderr)  # fmt: skip
         _export_run(args.export, study, experiment.name, experiment.preset)
+        return 130
+    _export_run(args.export, study, experiment.name, experiment.preset)
     counts = {o: list(result.outcomes.values()).count(o) for o in set(result.outcomes.values())}
     print(", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
     for name, error in result.errors.items():
