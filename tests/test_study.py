@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from satcompress.card import card_hash, lineage_stages
+from satcompress.card import ClassMismatchError, card_hash, lineage_stages
 from satcompress.cli import main
 from satcompress.experiments import execute
 from satcompress.experiments.execute import run_experiment
@@ -172,7 +172,9 @@ def test_an_interrupted_stage_resumes_and_what_follows_is_reused(first_run, tmp_
         assert [row.attempts for row in study.stages()] == [2, 1]
 
 
-def test_a_failed_stage_skips_its_dependents_and_is_retried(first_run, tmp_path, monkeypatch):
+def test_a_failed_stage_skips_its_dependents_and_is_retried(
+    first_run, tmp_path, monkeypatch, caplog
+):
     config, folder = _copy(first_run, tmp_path)
     text = config.read_text().replace("ratio: 0.5", "ratio: 0.3")
     config.write_text(text)
@@ -184,9 +186,20 @@ def test_a_failed_stage_skips_its_dependents_and_is_retried(first_run, tmp_path,
     result = run_experiment(load_experiment(config), folder, progress=False)
     assert not result.ok and result.outcomes["pruned"] == "failed"
     assert "no luck" in result.errors["pruned"]
+    assert "Traceback" in caplog.text  # a fault of the code: where it happened
     with Study(folder) as study:
         failed = study.stages("failed")
         assert len(failed) == 1 and "no luck" in failed[0].error
+    caplog.clear()
+
+    def mismatch(*_):
+        raise ClassMismatchError("model.safetensors was trained on other classes")
+
+    monkeypatch.setitem(execute.STAGE_RUNNERS, "prune", mismatch)
+    result = run_experiment(load_experiment(config), folder, progress=False)
+    assert result.outcomes["pruned"] == "failed"
+    assert "stage pruned failed: model.safetensors was trained on other classes" in caplog.text
+    assert "Traceback" not in caplog.text  # a user error: its message is enough
     monkeypatch.undo()
     result = run_experiment(load_experiment(config), folder, progress=False)
     assert result.outcomes["pruned"] == "ran"

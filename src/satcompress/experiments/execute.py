@@ -180,9 +180,27 @@ def _schedule(
         run.outcomes[done.name], run.seconds[done.name] = outcome, seconds
         if done.error is not None:
             run.errors[done.name] = f"{type(done.error).__name__}: {done.error}"
-            log.error("stage %s failed", done.name, exc_info=done.error)
+            if _user_error(done.error):  # its message says what to change: no traceback
+                log.error("stage %s failed: %s", done.name, done.error)
+            else:
+                log.error("stage %s failed", done.name, exc_info=done.error)
         _report(by_name[done.name], outcome, seconds, run, progress, on_stage)
         _submit_ready(pool, waiting, jobs, run, slots)
+
+
+def _user_error(error: BaseException) -> bool:
+    """Whether a stage failed on its inputs or settings, not on a fault of its code.
+
+    A class mismatch, a bad data folder or weights file, a locked run directory: the
+    message says what to change.
+    """
+    from satcompress.card import ClassMismatchError
+    from satcompress.data import DatasetError
+    from satcompress.models import WeightsError
+    from satcompress.utils.lock import RunDirLockedError
+
+    user = (ConfigError, ClassMismatchError, DatasetError, WeightsError, RunDirLockedError)
+    return isinstance(error, user)
 
 
 def _jobs(
