@@ -601,6 +601,30 @@ def test_stage_keys_hash_input_data_and_settings_only(first_run):
     assert stages[1].input_ref == {"key": base.key}
 
 
+def test_export_after_a_ctrl_c_before_any_stage_was_planned(eurosat_root, tmp_path, monkeypatch,
+                                                           capsys):  # fmt: skip
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(execute, "plan", interrupted)
+    config = _write(tmp_path / "tiny.yaml", eurosat_root)
+    out = tmp_path / "results"
+    code = main(["experiment", "run", str(config), "--study", str(tmp_path / "s"), "--export",
+                 str(out)])  # fmt: skip
+    assert code == 130 and not out.exists()
+    assert "--export: no stage of tiny had been planned; nothing written" in capsys.readouterr().err
+
+
+def test_an_experiment_is_what_it_last_bound_in_file_order(tmp_path):
+    with Study(tmp_path) as study:
+        _finished(study, "k1", "train", _record(1))
+        study.bind("e", "cpu", {"a": "k1", "b": "k2", "c": "k3"})
+        assert study.progress("e", "cpu") == (1, 3)
+        study.bind("e", "cpu", {"c": "k3", "a": "k1"})  # b left the file, c moved up
+        assert list(study.bindings("e", "cpu").items()) == [("c", "k3"), ("a", "k1")]
+        assert study.progress("e", "cpu") == (1, 2) and study.progress("f", "cpu") == (0, 0)
+
+
 def test_heartbeat_and_dead_owner(tmp_path):
     with Study(tmp_path, stale_after=60) as study:
         assert study.claim("k", "train", {}).state == "run"

@@ -155,7 +155,11 @@ def _export_run(out: Path | None, study: Study, name: str, preset: str) -> None:
         return
     from satcompress.experiments.export import export_experiment
 
-    path, count = export_experiment(study, name, preset, out)
+    try:
+        path, count = export_experiment(study, name, preset, out)
+    except KeyError:  # interrupted before its stages were planned: nothing is bound yet
+        print(f"--export: no stage of {name} had been planned; nothing written", file=sys.stderr)
+        return
     print(f"{path}: {count} records")
 
 
@@ -185,12 +189,10 @@ def cmd_study_show(args: argparse.Namespace) -> int:
             if rows:
                 kinds = ", ".join(sorted({s.kind for s in rows}))
                 print(f"{len(rows)} stage{'s' * (len(rows) != 1)} {state} ({kinds})")
-        finished = {s.key for s in stages if s.status == "done"}
         for name, preset in study.experiments():
-            keys = study.bindings(name, preset).values()
-            done = sum(1 for key in keys if key in finished)
-            state = "complete" if done == len(keys) else "incomplete"
-            print(f"experiment {experiment_label(name, preset)}: {done} of {len(keys)} stages "
+            done, total = study.progress(name, preset)
+            state = "complete" if done == total else "incomplete"
+            print(f"experiment {experiment_label(name, preset)}: {done} of {total} stages "
                   f"done ({state})")  # fmt: skip
         for source, count in sorted(study.sources().items()):
             print(f"{count} records from {source}")

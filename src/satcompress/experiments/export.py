@@ -42,7 +42,7 @@ def experiment_records(study: Study, experiment: str, preset: str) -> list[dict[
                        f"(it holds: {study.experiment_labels()})")  # fmt: skip
     rows = {name: study.get(key) for name, key in keys.items()}
     done = {name: row for name, row in rows.items() if row is not None and row.status == "done"}
-    progress = {"done": len(done), "stages": len(keys)}
+    progress = dict(zip(("done", "stages"), study.progress(experiment, preset), strict=True))
     records = {
         name: _tagged(row, experiment, preset, name, progress)
         for name, row in done.items()

@@ -478,8 +478,15 @@ class Study:
     # --- experiments and data -------------------------------------------------------------
 
     def bind(self, experiment: str, preset: str, names: Mapping[str, str]) -> None:
-        """Remember which key each named stage of an experiment (and preset) has now."""
+        """Remember which key each named stage of an experiment (and preset) has now.
+
+        ``names`` replaces what was bound before, in its order (the file's): a stage the file
+        no longer has is no longer the experiment's.
+        """
         with self._write() as db:
+            db.execute(
+                "DELETE FROM bindings WHERE experiment = ? AND preset = ?", (experiment, preset)
+            )
             db.executemany(
                 "INSERT INTO bindings (experiment, preset, stage, key, updated) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (experiment, preset, stage) DO UPDATE "
@@ -488,16 +495,21 @@ class Study:
             )
 
     def bindings(self, experiment: str, preset: str) -> dict[str, str]:
-        """The key of each named stage of an experiment, as last run, in file order.
-
-        (The order the stages were first bound in: a stage added to the file later comes
-        last.)
-        """
+        """The key of each named stage of an experiment, as last run, in file order."""
         rows = self._db.execute(
             "SELECT stage, key FROM bindings WHERE experiment = ? AND preset = ? ORDER BY rowid",
             (experiment, preset),
         )
         return {stage: key for stage, key in rows}
+
+    def progress(self, experiment: str, preset: str) -> tuple[int, int]:
+        """``(finished stages, stages)`` of an experiment as last run."""
+        done, total = self._db.execute(
+            "SELECT COALESCE(SUM(s.status = 'done'), 0), COUNT(*) FROM bindings b "
+            "LEFT JOIN stages s ON s.key = b.key WHERE b.experiment = ? AND b.preset = ?",
+            (experiment, preset),
+        ).fetchone()
+        return int(done), int(total)
 
     def experiment_labels(self) -> str:
         """Every experiment run into the study, as :func:`experiment_label` names them."""

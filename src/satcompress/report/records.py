@@ -391,10 +391,9 @@ def load_study(study_dir: str | Path) -> StudyData:
         entries = []
         for source in sorted(s for s in study.sources() if s != STAGE_SOURCE):
             entries += classify(study.records(source), Path(source).name)
-        stages, by_key, done = [], {}, set()
+        stages, by_key = [], {}
         for row in study.stages("done"):
             stages.append((row.kind, row.details, row.run_dir))
-            done.add(row.key)
             if row.record is not None:
                 by_key[row.key] = (classify([row.record], f"stage:{row.kind}")[0], row.seconds)
         experiments, progress = {}, {}
@@ -404,7 +403,7 @@ def load_study(study_dir: str | Path) -> StudyData:
             if rows:
                 label = experiment_label(name, preset)
                 experiments[label] = rows
-                progress[label] = (sum(key in done for key in bound.values()), len(bound))
+                progress[label] = study.progress(name, preset)
     entries += [entry for entry, _ in by_key.values()]
     for label, (rows, counts) in _tagged_experiments(entries).items():
         if label not in experiments:  # the study's own run of it wins
