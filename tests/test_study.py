@@ -1,5 +1,6 @@
 """The study: one SQLite store of every stage, experiment files, keys, reuse, resume, import."""
 
+import importlib
 import json
 import multiprocessing
 import shutil
@@ -474,6 +475,54 @@ def test_an_image_folder_of_other_classes_fails_before_anything_runs(
     # a dry run of the same file, with the folder loaded once, stops there too
     with pytest.raises(ExperimentError, match="trained on 10 classes"):
         plan(load_experiment(config), Study(tmp_path / "study"), load_data=False)
+
+
+def test_an_image_folder_saved_without_its_classes_is_loaded_again_and_checked(
+    first_run, imagefolder_root, tmp_path, monkeypatch
+):
+    """A study saved before data sources kept an image folder's classes still checks them."""
+    plan_module = importlib.import_module("satcompress.experiments.plan")
+
+    _, folder, _ = first_run
+    eurosat_model = next((folder / "runs").glob("train-*"))
+    config = tmp_path / "own.yaml"
+    config.write_text(
+        f"name: own\ndataset: imagefolder\ndata_dir: {imagefolder_root}\n"
+        f"stages:\n  - {{name: measure, stage: evaluate, from: {eurosat_model}}}\n"
+    )
+    experiment, study = load_experiment(config), Study(tmp_path / "study")
+    spec = experiment.stages[0].data
+    plan_module.data_part(spec, study)  # loads the folder once and saves its classes
+    saved = study.data_source(spec.to_dict(), plan_module.folder_stamp(spec))
+    assert len(saved.pop("classes")) == 3
+    study.save_data_source(spec.to_dict(), plan_module.folder_stamp(spec), saved)  # as before
+    with pytest.raises(ExperimentError, match="the imagefolder data has 3"):
+        plan(experiment, study)
+    assert "classes" in study.data_source(spec.to_dict(), plan_module.folder_stamp(spec))
+
+
+def test_a_plan_reads_each_card_and_walks_each_folder_once(first_run, tmp_path, monkeypatch):
+    plan_module = importlib.import_module("satcompress.experiments.plan")
+
+    _, folder, _ = first_run
+    model = next((folder / "runs").glob("train-*"))
+    config = tmp_path / "many.yaml"
+    stages = "".join(
+        f"  - {{name: s{i}, stage: prune, from: {model}, teacher: {model}, "
+        f"config: {{method: l1, ratio: 0.{i + 1}}}}}\n"
+        for i in range(3)
+    )
+    data = first_run[0].read_text().split("data_dir: ")[1].split("\n")[0]
+    config.write_text(f"name: many\ndataset: eurosat\ndata_dir: {data}\nstages:\n{stages}")
+    reads, walks = [], []
+    real_read, real_walk = plan_module._read_card, plan_module._walk_stamp
+    monkeypatch.setattr(plan_module, "_read_card", lambda p: reads.append(p) or real_read(p))
+    monkeypatch.setattr(plan_module, "_walk_stamp", lambda s: walks.append(s) or real_walk(s))
+    planned = plan(load_experiment(config), Study(first_run[1]))
+    assert len({s.key for s in planned}) == 3 and all(s.key for s in planned)
+    assert reads == [model] and len(walks) == 1
+    plan(load_experiment(config), Study(first_run[1]))  # a new plan reads them again
+    assert len(reads) == 2 and len(walks) == 2
 
 
 def test_export_of_several_experiments_into_one_file_is_refused(first_run, tmp_path, capsys):

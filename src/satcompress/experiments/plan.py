@@ -28,7 +28,8 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,31 @@ EXECUTION_ONLY: dict[str, tuple[str, ...]] = {
 _LOCATION = ("data_dir", "download")
 #: Stages that continue an interrupted attempt from its checkpoint (BAIC: from its log).
 RESUMABLE = ("train", "distill", "quantize", "baic")
+
+#: What one plan has read already (cards, folder stamps), by what it read; None outside a
+#: plan. A plan asks for the same card up to three times per stage (its data, its class
+#: check, its key) and for a folder's stamp once per stage: each is read once per plan.
+_memo: dict[tuple[str, ...], Any] | None = None
+
+
+@contextmanager
+def _reads_once() -> Iterator[None]:
+    """Within the block, each card and folder stamp is read once."""
+    global _memo
+    outer, _memo = _memo, {} if _memo is None else _memo
+    try:
+        yield
+    finally:
+        _memo = outer
+
+
+def _once(key: tuple[str, ...], read: Callable[[], Any]) -> Any:
+    """``read()``, or what it returned for ``key`` earlier in this plan."""
+    if _memo is None:
+        return read()
+    if key not in _memo:
+        _memo[key] = read()
+    return _memo[key]
 
 
 @dataclasses.dataclass
@@ -99,6 +125,13 @@ def plan(
             file names none either; or it measures, compresses or learns from a checkpoint
             trained on other classes than its data's (before anything runs).
     """
+    with _reads_once():
+        return _plan(experiment, study, load_data, progress)
+
+
+def _plan(
+    experiment: Experiment, study: Study, load_data: bool, progress: bool
+) -> list[PlannedStage]:
     planned: dict[str, PlannedStage] = {}
     for spec in experiment.stages:
         data = _stage_data(spec, experiment, study, planned, load_data, progress)
@@ -206,19 +239,10 @@ def _ref(ref: Ref | None, planned: Mapping[str, PlannedStage]) -> Any:
 
 def checkpoint_ref(path: str | Path) -> dict[str, str]:
     """A checkpoint as a key hashes it: its card's hash, else its weights file's SHA-256."""
-    from satcompress.checkpoint import read_card, weights_file
-    from satcompress.runtime.satc import load_artifact, manifest_card
+    from satcompress.checkpoint import weights_file
     from satcompress.utils.io import file_digest
 
-    path = Path(path)
-    artifact = path / "model.satc" if path.is_dir() else path
-    if (
-        artifact.suffix == ".satc"
-        and artifact.is_file()
-        and not (path.is_dir() and (path / "model.safetensors").is_file())
-    ):
-        return {"card": str(card_hash(manifest_card(load_artifact(artifact).manifest)))}
-    card = read_card(path)
+    card = _card(str(path))
     if card:
         return {"card": str(card_hash(card))}
     return {"sha256": file_digest(weights_file(path), "sha256")}
@@ -280,13 +304,25 @@ def _stage_data(
 
 
 def _card(path: str) -> dict[str, Any]:
+    """The card of a checkpoint: a ``.satc`` file's manifest card, else its card file's.
+
+    A run directory holding a ``model.satc`` and no ``model.safetensors`` is its artifact.
+    """
+    return _once(("card", str(Path(path).resolve())), lambda: _read_card(Path(path)))
+
+
+def _read_card(path: Path) -> dict[str, Any]:
     from satcompress.checkpoint import read_card
     from satcompress.runtime.satc import load_artifact, manifest_card
 
-    target = Path(path)
-    if target.suffix == ".satc":
-        return manifest_card(load_artifact(target).manifest)
-    return read_card(target)
+    artifact = path / "model.satc" if path.is_dir() else path
+    if (
+        artifact.suffix == ".satc"
+        and artifact.is_file()
+        and not (path.is_dir() and (path / "model.safetensors").is_file())
+    ):
+        return manifest_card(load_artifact(artifact).manifest)
+    return read_card(path)
 
 
 def _hashed(source: Mapping[str, Any]) -> dict[str, Any]:
@@ -311,8 +347,13 @@ def data_part(
         load: Load the data if its fingerprint is not saved (else return None).
         progress: Show progress bars while loading.
     """
+    from satcompress.data import dataset_classes
+
     stamp = folder_stamp(spec)
     source = study.data_source(spec.to_dict(), stamp)
+    if load and source is not None and "classes" not in source:
+        if not dataset_classes(spec.dataset):  # saved before sources kept a folder's classes
+            source = None
     if source is None and load:
         from satcompress.card import DataSource
         from satcompress.experiments.execute import load_data
@@ -327,8 +368,13 @@ def folder_stamp(spec: DataSpec) -> str:
     """A digest of the data folder's directories and split files (paths, mtimes).
 
     Adding, removing or renaming an image changes its directory's modification time, and
-    so the stamp; the saved fingerprint is then recomputed.
+    so the stamp; the saved fingerprint is then recomputed. A plan walks each folder once.
     """
+    folders = (str(spec.data_dir), str(spec.split_dir))
+    return _once(("stamp", *folders), lambda: _walk_stamp(spec))
+
+
+def _walk_stamp(spec: DataSpec) -> str:
     entries = []
     for folder in (spec.data_dir, spec.split_dir):
         if folder is None or not Path(folder).exists():
