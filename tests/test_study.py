@@ -1,5 +1,6 @@
 """The study: one SQLite store of every stage, experiment files, keys, reuse, resume, import."""
 
+import datetime as dt
 import importlib
 import json
 import multiprocessing
@@ -687,6 +688,32 @@ def test_heartbeat_and_dead_owner(tmp_path):
         with study.heartbeat("k", every=0.05):
             time.sleep(0.3)
         assert time.time() - study.get("k").heartbeat < 1
+
+
+def test_a_resumed_stage_counts_the_time_of_the_attempts_it_continued(tmp_path):
+    def set_row(key, **values):
+        with sqlite3.connect(tmp_path / "study.sqlite") as db:
+            for column, value in values.items():
+                db.execute(f"UPDATE stages SET {column} = ? WHERE key = ?", (value, key))
+
+    def started(ago):
+        return (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=ago)).isoformat()
+
+    with Study(tmp_path, stale_after=60) as study:
+        for key in ("resumed", "restarted"):
+            study.claim(key, "train", {})
+            set_row(key, started=started(100))
+            study.fail(key, "first attempt failed")  # after 100 s
+            study.claim(key, "train", {})
+            # the second attempt is interrupted 40 s in: it counts to its last heartbeat
+            set_row(key, owner=f"{socket.gethostname()}:999999999", started=started(50),
+                    heartbeat=time.time() - 10)  # fmt: skip
+            assert study.claim(key, "train", {}).resume
+            assert study.get(key).seconds == pytest.approx(140, abs=2)
+        study.finish("resumed", None, seconds=5.0, resumed=True)
+        study.finish("restarted", None, seconds=5.0)  # started over: only its own time
+        assert study.get("resumed").seconds == pytest.approx(145, abs=2)
+        assert study.get("restarted").seconds == 5.0
 
 
 def test_a_stage_a_live_process_runs_is_waited_for(tmp_path):

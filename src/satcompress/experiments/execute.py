@@ -372,7 +372,8 @@ def run_stage(job: StageJob) -> dict[str, Any]:
         record = dict(result.record, stage_key=job.key) if result.record else None
         try:
             study.finish(job.key, record, card_hash=card_hash(result.card),
-                         details=_details(result.details), seconds=seconds)  # fmt: skip
+                         details=_details(result.details), seconds=seconds,
+                         resumed=resume)  # fmt: skip
         except ValueError as err:  # a record that breaks the schema
             study.fail(job.key, err)
             raise

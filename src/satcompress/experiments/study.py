@@ -139,7 +139,10 @@ class StageRow:
         owner: ``host:pid`` of the process that runs or ran it.
         heartbeat: When that process last said it is alive (seconds since the epoch).
         attempts: How many times it was started.
-        seconds: Wall time of the attempt that finished it.
+        seconds: Once done, the wall time that made it: the attempt that finished it and,
+            if that one resumed, the attempts it continued (an interrupted attempt counts
+            to its last heartbeat, a failed one to its failure). While not done, the time
+            of the attempts before the current one.
         record: Its record (None for stages that measure nothing, or not yet done).
         details: What the stage returned besides its record (JSON-ready), if anything.
         error: The error of the last failed attempt.
@@ -175,6 +178,24 @@ class Claim:
     state: str
     row: StageRow | None
     resume: bool = False
+
+
+def _spent(row: sqlite3.Row) -> float:
+    """Wall time of a stage's attempts so far: the earlier ones' and its last one's.
+
+    The last attempt ran from ``started`` to its failure (``finished``) or, interrupted, to
+    its last heartbeat (at most one heartbeat period short).
+    """
+    last = 0.0
+    if row["started"] and row["status"] != "done":
+        start = dt.datetime.fromisoformat(row["started"]).timestamp()
+        end = (
+            dt.datetime.fromisoformat(row["finished"]).timestamp()
+            if row["status"] == "failed" and row["finished"]
+            else row["heartbeat"] or start
+        )
+        last = max(0.0, end - start)
+    return (row["seconds"] or 0.0) + last
 
 
 def _now() -> str:
@@ -297,14 +318,15 @@ class Study:
             if row is not None and row.status == "running" and self.alive(row):
                 return Claim("busy", row)
             run_dir = self.run_dir(kind, key)
+            earlier = None if found is None else _spent(found)
             db.execute(
                 "INSERT INTO stages (key, kind, status, run_dir, spec, input_key, owner, "
                 "heartbeat, attempts, started) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, 1, ?) "
                 "ON CONFLICT (key) DO UPDATE SET status = 'running', owner = excluded.owner, "
                 "heartbeat = excluded.heartbeat, attempts = attempts + 1, "
-                "started = excluded.started, error = NULL",
+                "started = excluded.started, error = NULL, seconds = ?",
                 (key, kind, self._relative(run_dir), json.dumps(spec, sort_keys=True,
-                 default=str), input_key, _owner(), time.time(), _now()),
+                 default=str), input_key, _owner(), time.time(), _now(), earlier),
             )  # fmt: skip
         return Claim("run", row, resume=row is not None)
 
@@ -324,8 +346,17 @@ class Study:
         card_hash: str | None = None,
         details: Any = None,
         seconds: float | None = None,
+        resumed: bool = False,
     ) -> None:
         """Mark a claimed stage done, with its record (written to ``records/<key>.json``).
+
+        Args:
+            key: The stage key.
+            record: Its record (None for a stage that measures nothing).
+            card_hash: The hash of the card of the model it wrote.
+            details: What else it returned (JSON-ready).
+            seconds: Wall time of this attempt.
+            resumed: This attempt continued earlier ones: their time is added to it.
 
         Raises:
             ValueError: If the record breaks the record schema.
@@ -337,10 +368,13 @@ class Study:
             atomic_write_json(record_file, record)
         with self._write() as db:
             db.execute(
-                "UPDATE stages SET status = 'done', finished = ?, seconds = ?, card_hash = ?, "
+                "UPDATE stages SET status = 'done', finished = ?, "
+                "seconds = CASE WHEN ? THEN COALESCE(seconds, 0) + ? ELSE ? END, "
+                "card_hash = ?, "
                 "record_file = ?, details = ?, error = NULL, heartbeat = ? WHERE key = ?",
-                (_now(), seconds, card_hash, record_file and self._relative(record_file),
-                 json.dumps(details, default=str), time.time(), key),
+                (_now(), resumed and seconds is not None, seconds, seconds, card_hash,
+                 record_file and self._relative(record_file), json.dumps(details, default=str),
+                 time.time(), key),
             )  # fmt: skip
             if record is not None:
                 self._put_record(db, STAGE_SOURCE, key, key, record)

@@ -165,8 +165,11 @@ def experiment_blocks(
              sparsity_text(e.sparsity), ms(e.latency("bs1")), duration(seconds))
             for stage, e, seconds in rows
         ]  # fmt: skip
-        state = _progress(len(body), (progress or {}).get(label))
-        blocks += [Block("h2", f"Experiment: {label} ({state})"),
+        heading = f"Experiment: {label} ({_progress(len(body), (progress or {}).get(label))})"
+        spent = [seconds for _, _, seconds in rows if seconds is not None]
+        if spent:  # a stage reused from another experiment spent nothing here
+            heading += f", {duration(sum(spent))} of stage time"
+        blocks += [Block("h2", heading),
                    Block("table", rows=(EXPERIMENT_HEADER, *body))]  # fmt: skip
     return blocks
 
