@@ -229,6 +229,24 @@ def test_every_figure_with_data_is_drawn(report):
         assert path.stat().st_size > 5_000
 
 
+def test_datasets_figure_puts_each_recipe_of_two_datasets_side_by_side(tmp_path):
+    from satcompress.report.figures import datasets_figure
+
+    by_id = {r["id"]: r for r in _records()}
+    l1 = {"stage": "prune", "prune": {"method": "l1"}}
+    uc_l1 = _record("uc-r18-l1", "resnet18", "ucmerced", 0.835714, 10_363_183, "artifact-fp32",
+                    l1, pruning={"structured": True})  # fmt: skip
+    records = [by_id[i] for i in ("r18-fp32", "r18-l1", "uc-r18", "r18-mag")] + [uc_l1]
+    figure = datasets_figure(load_study(_study(tmp_path, records)))
+    ax = figure.axes[0]
+    # the magnitude-pruned model is on one dataset only: no bars
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["resnet18\nfp32", "resnet18\npruning\n(structured)"]
+    heights = sorted(round(p.get_height(), 2) for p in ax.patches)
+    assert heights == [83.57, 86.43, 95.06, 95.48]
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["eurosat", "ucmerced"]
+
+
 def test_report_md_holds_the_store_numbers(report):
     text = report.markdown.read_text()
     for number in ("95.48%", "44,718,668", "95.50%", "994,728", "95.44%", "2,233,376",

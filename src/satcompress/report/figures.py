@@ -327,7 +327,8 @@ def datasets_figure(data: StudyData) -> Figure | None:
               for r in recipes]  # fmt: skip
         bars = ax.bar(xs, ys, width, label=dataset, color=PALETTE[i % len(PALETTE)])
         ax.bar_label(bars, labels=[f"{y:.1f}" if y else "" for y in ys], fontsize=7, padding=2)
-    labels = [f"{m}\n{t}" + _bits_label(t, b) for m, t, b in recipes]
+    # "pruning (structured)": the qualifier on a line of its own, so neighbours never touch
+    labels = [f"{m}\n{t}{_bits_label(t, b)}".replace(" (", "\n(") for m, t, b in recipes]
     ax.set_xticks(range(len(recipes)), labels, fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     low = min(100 * (e.accuracy or 0) for k, e in best.items() if k[:3] in recipes)
