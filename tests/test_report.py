@@ -280,7 +280,7 @@ def test_experiment_headings_say_whether_every_stage_finished():
     assert heading(None) == "Experiment: e@cpu (1 stage finished)"  # files exported before
     assert heading({"e@cpu": (1, 1)}) == "Experiment: e@cpu (complete: 1 stage)"
     assert heading({"e@cpu": (1, 4)}) == "Experiment: e@cpu (incomplete: 1 of 4 stages finished)"
-    rows["e@cpu"] += [("b", entry, 3_000.0), ("c", entry, 900.0)]  # a was reused: no time
+    rows["e@cpu"] += [("b", entry, 3_000.0), ("c", entry, 900.0)]  # a: exported without time
     assert heading({"e@cpu": (3, 3)}) == (
         "Experiment: e@cpu (complete: 3 stages), 1 h 05 min of stage time"
     )

@@ -167,7 +167,7 @@ def experiment_blocks(
         ]  # fmt: skip
         heading = f"Experiment: {label} ({_progress(len(body), (progress or {}).get(label))})"
         spent = [seconds for _, _, seconds in rows if seconds is not None]
-        if spent:  # a stage reused from another experiment spent nothing here
+        if spent:  # a stage another experiment ran first counts in both (same key, one run)
             heading += f", {duration(sum(spent))} of stage time"
         blocks += [Block("h2", heading),
                    Block("table", rows=(EXPERIMENT_HEADER, *body))]  # fmt: skip
@@ -190,7 +190,7 @@ def _stages(count: int) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """``1 h 05 min``, ``12 min``, ``40 s`` or a dash (a reused stage has no time of its own)."""
+    """``1 h 05 min``, ``12 min``, ``40 s`` or a dash (no time recorded)."""
     if seconds is None:
         return NONE
     minutes = round(seconds / 60)
