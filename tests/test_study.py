@@ -592,6 +592,27 @@ def test_export_carries_what_the_report_reads_from_stages(tmp_path, caplog):
     assert "candidates.jsonl:2: skipped a line that is not JSON" in caplog.text
 
 
+def test_a_baic_stage_record_carries_its_search_summary(tmp_path):
+    """The budget and the input model come from the search's summary (the stage's details)."""
+    from satcompress.report import load_study
+    from satcompress.report.headline import headline
+
+    summary = {"budget_bytes": 1_000_000, "input": {"bytes": 44_000_000, "accuracy": 0.95},
+               "baselines": {}, "artifact": "/elsewhere/model.satc",
+               "candidates": [{"id": "final", "bytes": 990_000, "accuracy": 0.94}]}  # fmt: skip
+    record = _record(1, dataset="eurosat", model="resnet18", size_bytes=990_000,
+                     accuracy=0.94, format="artifact-int4-mixed")  # fmt: skip
+    with Study(tmp_path / "s") as study:
+        _finished(study, "search", "baic", record, details=summary)
+        study.bind("e", "cpu", {"search": "search"})
+        exported = experiment_records(study, "e", "cpu")[0]
+    assert exported["baic"] == {
+        k: summary[k] for k in ("budget_bytes", "input", "baselines", "candidates")
+    }  # not its paths
+    entries = load_study(tmp_path / "s").entries  # the study's own run, not an import
+    assert dict(headline(entries).rows)["BAIC ≤ 1 MB"].accuracy == 0.94
+
+
 def test_mlflow_logs_each_stage_that_ran(first_run, monkeypatch):
     logged = []
 

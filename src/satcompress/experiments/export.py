@@ -17,7 +17,12 @@ from typing import Any
 from satcompress.experiments.study import StageRow, Study, experiment_label
 from satcompress.utils.io import atomic_write_json, read_jsonl
 
-__all__ = ["experiment_records", "export_experiment"]
+__all__ = ["experiment_records", "export_experiment", "stage_record"]
+
+#: What a BAIC stage's record carries of its search's summary (the stage's ``details``): what
+#: the report reads (budget, input model, baselines, trajectory), not the run's paths.
+BAIC_SUMMARY = ("budget_bytes", "latency_budget_ms", "predicted_bytes", "val_accuracy", "input",
+                "baselines", "time_seconds", "candidates")  # fmt: skip
 
 
 def experiment_records(study: Study, experiment: str, preset: str) -> list[dict[str, Any]]:
@@ -75,18 +80,32 @@ def export_experiment(
     return path, len(records)
 
 
-def _tagged(
-    row: StageRow, experiment: str, preset: str, name: str, progress: dict[str, int]
-) -> dict[str, Any]:
-    record = dict(row.record or {})
-    record["id"] = f"{experiment}/{name}"
-    record["experiment"] = {"name": experiment, "preset": preset, "stage": name,
-                            "kind": row.kind, "key": row.key, "seconds": row.seconds,
-                            **progress}  # fmt: skip
+def stage_record(row: StageRow) -> dict[str, Any] | None:
+    """A finished stage's record, a BAIC stage's with its search's summary in ``baic``.
+
+    The summary (budget, the input model, baselines, the trajectory) is the stage's
+    ``details``; its candidates fall back to the run directory's ``candidates.jsonl``.
+    """
+    if row.record is None:
+        return None
+    record = dict(row.record)
     if row.kind == "baic":
-        summary = dict(record.get("baic") or {})
+        details = row.details if isinstance(row.details, dict) else {}
+        summary = {k: details[k] for k in BAIC_SUMMARY if details.get(k) is not None}
+        summary.update(record.get("baic") or {})
         if not summary.get("candidates"):
             candidates = Path(row.run_dir) / "candidates.jsonl"
             summary["candidates"] = read_jsonl(candidates) if candidates.is_file() else []
         record["baic"] = summary
+    return record
+
+
+def _tagged(
+    row: StageRow, experiment: str, preset: str, name: str, progress: dict[str, int]
+) -> dict[str, Any]:
+    record = stage_record(row) or {}
+    record["id"] = f"{experiment}/{name}"
+    record["experiment"] = {"name": experiment, "preset": preset, "stage": name,
+                            "kind": row.kind, "key": row.key, "seconds": row.seconds,
+                            **progress}  # fmt: skip
     return record

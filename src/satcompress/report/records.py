@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from satcompress.experiments.export import stage_record
 from satcompress.experiments.study import STAGE_SOURCE, Study, experiment_label
 
 FP32 = "fp32"
@@ -394,8 +395,9 @@ def load_study(study_dir: str | Path) -> StudyData:
         stages, by_key = [], {}
         for row in study.stages("done"):
             stages.append((row.kind, row.details, row.run_dir))
-            if row.record is not None:
-                by_key[row.key] = (classify([row.record], f"stage:{row.kind}")[0], row.seconds)
+            record = stage_record(row)
+            if record is not None:
+                by_key[row.key] = (classify([record], f"stage:{row.kind}")[0], row.seconds)
         experiments, progress = {}, {}
         for name, preset in study.experiments():
             bound = study.bindings(name, preset)
