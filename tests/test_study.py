@@ -19,7 +19,7 @@ from satcompress.card import ClassMismatchError, card_hash, lineage_stages
 from satcompress.cli import main
 from satcompress.experiments import execute
 from satcompress.experiments.execute import run_experiment
-from satcompress.experiments.export import experiment_records, export_experiment
+from satcompress.experiments.export import adopt_records, experiment_records, export_experiment
 from satcompress.experiments.plan import plan
 from satcompress.experiments.spec import ExperimentError, load_experiment
 from satcompress.experiments.study import Study
@@ -590,6 +590,95 @@ def test_export_carries_what_the_report_reads_from_stages(tmp_path, caplog):
     assert path == tmp_path / "out" / "e.json" and count == 2
     assert json.loads(path.read_text()) == list(records.values())
     assert "candidates.jsonl:2: skipped a line that is not JSON" in caplog.text
+
+
+def test_exported_records_come_back_as_finished_stages_with_what_the_report_reads(tmp_path):
+    blocks = {"blocks": [{"block": 0, "removed_accuracy": 0.7}]}
+    baic = {"budget_bytes": 1000, "candidates": [{"id": "c1", "bytes": 900}]}
+    with Study(tmp_path / "s") as study:
+        _finished(study, "vit", "train", _record(1), input_key=None)
+        _finished(study, "layers", "vit_layers", details=blocks, input_key="vit")
+        _finished(study, "search", "baic", _record(2, baic=baic))
+        study.bind("e", "", {"vit": "vit", "layers": "layers", "search": "search"})
+        exported = experiment_records(study, "e", "")
+    assert exported[0]["experiment"]["analyses"][0]["key"] == "layers"
+    with Study(tmp_path / "new") as new:
+        taken = adopt_records(new, exported, {"vit", "layers", "search", "other"}, "f.json")
+        assert sorted(taken) == ["layers", "search", "vit"]
+        assert adopt_records(new, exported, {"vit", "layers", "search"}) == []  # once
+        new.bind("e", "", {"vit": "vit", "layers": "layers", "search": "search"})
+        again = experiment_records(new, "e", "")
+        rows = {row.key: row for row in new.stages()}
+    for record in again + exported:  # the keys and times travel, the ids are the same
+        record["experiment"].pop("seconds")
+        for analysis in record["experiment"].get("analyses", []):
+            analysis.pop("seconds")
+    assert again == exported  # what the report reads, the analysis and the search included
+    assert {row.status for row in rows.values()} == {"done"}
+    assert rows["vit"].spec == {"adopted_from": "f.json"} and not rows["vit"].run_dir.exists()
+    with Study(tmp_path / "partial") as partial:  # a record of other keys is left alone
+        assert adopt_records(partial, exported, {"search"}) == ["search"]
+        assert [row.key for row in partial.stages()] == ["search"]
+
+
+def test_a_new_study_takes_committed_records_and_runs_only_what_is_missing(
+    first_run, tmp_path, monkeypatch, capsys
+):
+    config, folder, _ = first_run
+    out = tmp_path / "results"
+    assert main(["study", "export", "--study", str(folder), "--out", str(out)]) == 0
+    exported = json.loads((out / "tiny@cpu.json").read_text())
+    committed = {r["experiment"]["stage"]: r for r in exported}
+    new = tmp_path / "new"  # a new machine: the records, none of the run directories
+    run = ["experiment", "run", str(config), "--study", str(new), "--records-from",
+           str(out / "*.json")]  # fmt: skip
+    calls = _forbid_running(monkeypatch)
+    assert main(run + ["--export", str(out)]) == 0
+    assert calls == [] and "2 finished stages taken from records: base, pruned" in (
+        capsys.readouterr().out
+    )
+    assert json.loads((out / "tiny@cpu.json").read_text()) == list(committed.values())
+
+    changed = Path(shutil.copy(config, tmp_path / "tiny.yaml"))  # the prune changes ...
+    changed.write_text(changed.read_text().replace("ratio: 0.5", "ratio: 0.4"))
+    monkeypatch.undo()
+    calls = _forbid_running(monkeypatch, allowed=("base", "pruned"))
+    result = run_experiment(load_experiment(changed), new, progress=False,
+                            records_from=[out / "tiny@cpu.json"])  # fmt: skip
+    assert calls == ["base", "pruned"]  # ... so its input's model is made again
+    assert result.outcomes == {"base": "rebuilt", "pruned": "ran"}
+    with Study(new) as study:
+        keys = study.bindings("tiny", "cpu")
+        base = study.get(keys["base"])
+        assert base.status == "done" and base.attempts == 0  # finished all along
+        assert keys["base"] == committed["base"]["experiment"]["key"]
+        assert keys["pruned"] != committed["pruned"]["experiment"]["key"]
+        assert (base.run_dir / "model.safetensors").is_file()
+        assert base.record["accuracy"] == committed["base"]["accuracy"]  # seeded: the same
+    monkeypatch.undo()
+    calls = _forbid_running(monkeypatch)  # and now everything is there
+    again = run_experiment(load_experiment(changed), new, progress=False)
+    assert again.outcomes == {"base": "reused", "pruned": "reused"} and calls == []
+    assert main(run[:-1] + [str(tmp_path / "none-*.json")]) == 2
+    assert "no results file matches" in capsys.readouterr().err
+
+
+def test_a_failed_rebuild_keeps_the_finished_stage(first_run, tmp_path, monkeypatch):
+    config, folder, _ = first_run
+    records = experiment_records(Study(folder), "tiny", "cpu")
+    changed = Path(shutil.copy(config, tmp_path / "tiny.yaml"))
+    changed.write_text(changed.read_text().replace("ratio: 0.5", "ratio: 0.3"))
+
+    def broken(*_):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setitem(execute.STAGE_RUNNERS, "train", broken)
+    with Study(tmp_path / "new") as study:
+        adopt_records(study, records, {records[0]["experiment"]["key"]})
+        result = run_experiment(load_experiment(changed), study, progress=False)
+        assert result.outcomes == {"base": "failed", "pruned": "skipped"}
+        assert study.get(records[0]["experiment"]["key"]).status == "done"
+        assert [r["id"] for r in experiment_records(study, "tiny", "cpu")] == ["tiny/base"]
 
 
 def test_a_baic_stage_record_carries_its_search_summary(tmp_path):

@@ -4,6 +4,7 @@ Examples::
 
     satcompress experiment run experiments/experiment_1_kd_eurosat.yaml --preset cpu
     satcompress experiment run FILE --workers 2 --executor ray --dry-run --mlflow URI
+    satcompress experiment run FILE --records-from 'results/*.json'   # a new machine: the rest
     satcompress study import 'results/*.json' --study runs/study
     satcompress study show --study runs/study
     satcompress study export --study runs/study --out results
@@ -57,6 +58,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--export", type=Path, metavar="DIR",
         help="then write the experiment's records to DIR/<name>@<preset>.json (as `study "
         "export` does), also after a failed or interrupted run",
+    )  # fmt: skip
+    run.add_argument(
+        "--records-from", nargs="+", default=[], metavar="FILE",
+        help="results files (or globs, e.g. 'results/*.json') of an earlier run: stages whose "
+        "exported records match this plan's keys count as finished, so a new machine or a "
+        "cleaned study runs only the rest (remaking a model a later stage needs)",
     )  # fmt: skip
     run.set_defaults(handler=cmd_experiment_run)
 
@@ -133,7 +140,7 @@ def _run_one(args: argparse.Namespace, study: Study, experiment: Experiment) -> 
     try:
         result = run_experiment(
             experiment, study, workers=args.workers, executor=args.executor,
-            ray_address=args.ray_address, on_stage=tracker,
+            ray_address=args.ray_address, on_stage=tracker, records_from=args.records_from,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted; finished stages are saved in the study: rerun the same command "

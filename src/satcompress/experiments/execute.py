@@ -8,25 +8,32 @@ runs is waited for, an interrupted one continues from its checkpoint where the s
 (training, distillation, QAT, BAIC) and starts over where it cannot. Stages whose inputs are
 finished are submitted together, so independent stages run side by side with
 ``workers > 1``.
+
+Committed records can stand in for finished stages (``records_from``): a study on a new
+machine takes them (:func:`~satcompress.experiments.export.adopt_records`) and runs the
+rest. A finished stage whose files are gone, as such a stage's are, runs again only when a
+stage still to run starts from its model ("rebuilt").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from satcompress.card import card_hash, training_recipe
 from satcompress.config import Config, ConfigError, config_from_dict
+from satcompress.experiments.export import adopt_records
 from satcompress.experiments.plan import RESUMABLE, PlannedStage, model_stage, plan
 from satcompress.experiments.spec import DataSpec, Experiment
 from satcompress.experiments.study import Study, experiment_label
 from satcompress.utils.executors import task_pool, threads_per_worker
-from satcompress.utils.io import atomic_write_json
+from satcompress.utils.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,9 @@ __all__ = ["ExperimentRun", "StageJob", "load_data", "run_experiment", "run_stag
 
 #: Executors of ``satcompress experiment run --executor``.
 EXECUTORS = ("process", "ray")
+
+#: Outcomes of a stage that later stages can start from.
+FINISHED = ("ran", "resumed", "reused", "rebuilt")
 
 # Datasets loaded in this process, by their DataSpec: stages of one process share them.
 _DATASETS: dict[DataSpec, Any] = {}
@@ -61,6 +71,8 @@ class StageJob:
         split: The split its record scores.
         threads: Torch threads (None: leave as they are).
         progress: Show progress bars.
+        rebuild: Finished, but its files are gone and a stage still to run needs its model:
+            run it again (it stays finished; its record is replaced when the rerun ends).
     """
 
     study: str
@@ -79,6 +91,7 @@ class StageJob:
     split: str = "test"
     threads: int | None = None
     progress: bool = False
+    rebuild: bool = False
 
 
 @dataclasses.dataclass
@@ -88,8 +101,9 @@ class ExperimentRun:
     Attributes:
         experiment: The experiment.
         stages: Its plan.
-        outcomes: Per stage name: ``ran``, ``resumed``, ``reused``, ``failed`` or
-            ``skipped`` (an input failed).
+        outcomes: Per stage name: ``ran``, ``resumed``, ``reused``, ``rebuilt`` (finished
+            before, its files made again for a later stage), ``failed`` or ``skipped`` (an
+            input failed).
         errors: Per failed stage name, its error.
         seconds: Per stage name, the seconds the stage took in this run (0 when reused).
     """
@@ -118,6 +132,7 @@ def run_experiment(
     ray_address: str | None = None,
     progress: bool = True,
     on_stage: Callable[[PlannedStage, str, float], None] | None = None,
+    records_from: Sequence[str | Path] = (),
 ) -> ExperimentRun:
     """Run every stage of ``experiment`` that the study does not hold yet.
 
@@ -130,6 +145,8 @@ def run_experiment(
         ray_address: A Ray cluster's address (None: a local Ray runtime).
         progress: Print a line per stage (and progress bars when running serially).
         on_stage: Called here with each stage, its outcome and seconds as it finishes.
+        records_from: Results files (or globs) whose exported stage records count as
+            finished stages where their keys match this plan's (:func:`adopt_from`).
 
     Returns:
         What was run, resumed, reused, failed or skipped.
@@ -143,14 +160,18 @@ def run_experiment(
         with Study(study) as opened:
             return run_experiment(experiment, opened, workers=workers, executor=executor,
                                   ray_address=ray_address, progress=progress,
-                                  on_stage=on_stage)  # fmt: skip
+                                  on_stage=on_stage, records_from=records_from)  # fmt: skip
     stages = plan(experiment, study, load_data=True, progress=progress)
+    if records_from and adopt_from(study, stages, records_from, progress):
+        stages = plan(experiment, study, load_data=False)  # the same keys, new statuses
     # bound now, so an interrupted experiment's finished stages can be exported by name
     study.bind(experiment.name, experiment.preset, {s.spec.name: s.key for s in stages if s.key})
     run = ExperimentRun(experiment, stages)
     kind = "serial" if workers <= 1 and executor != "ray" else executor
     threads = None if kind == "serial" else threads_per_worker(workers)
     jobs = _jobs(experiment, stages, study, threads, progress and kind == "serial")
+    for name in rebuilds(stages):
+        jobs[name].rebuild = True
     waiting = {stage.spec.name: set(stage.spec.depends_on()) for stage in stages}
     try:
         with task_pool(kind, workers, ray_address=ray_address) as pool:
@@ -160,6 +181,64 @@ def run_experiment(
     _skip_unreachable(waiting, run, progress)
     _save_summary(study, run)
     return run
+
+
+def adopt_from(
+    study: Study, stages: Sequence[PlannedStage], patterns: Sequence[str | Path], progress: bool
+) -> list[str]:
+    """Take the records of ``patterns``' files whose keys match planned stages as finished.
+
+    Returns:
+        The keys taken.
+
+    Raises:
+        FileNotFoundError: If a pattern matches no file.
+    """
+    keys = {stage.key for stage in stages if stage.key}
+    taken = []
+    for pattern in patterns:
+        names = sorted(glob.glob(str(pattern)))
+        if not names:
+            raise FileNotFoundError(f"no results file matches {pattern}")
+        for name in names:
+            records = read_json(Path(name))
+            if isinstance(records, list):
+                taken += adopt_records(study, records, keys, source=str(Path(name).resolve()))
+    if progress and taken:
+        names = [stage.spec.name for stage in stages if stage.key in taken]
+        print(f"{len(names)} finished stages taken from records: {', '.join(names)}")
+    return taken
+
+
+def rebuilds(stages: Sequence[PlannedStage]) -> list[str]:
+    """Finished stages to run again: their model is gone and a stage still to run needs it.
+
+    Walks back from every stage that will run, through the inputs it starts from or learns
+    from (its teacher), to finished stages whose run directory holds no model (taken from
+    records, or cleaned up); those need their own inputs in turn.
+
+    Returns:
+        Their names, in file order.
+    """
+    by_name = {stage.spec.name: stage for stage in stages}
+    todo = [stage for stage in stages if stage.status != "reuse"]
+    found: set[str] = set()
+    while todo:
+        for name in todo.pop().spec.depends_on():
+            needed = model_stage(name, by_name)
+            if needed.spec.passes_through or needed.spec.name in found:
+                continue  # a checkpoint the file names, or already found
+            if needed.status == "reuse" and not has_model(needed.run_dir):
+                found.add(needed.spec.name)
+                todo.append(needed)
+    return [name for name in by_name if name in found]
+
+
+def has_model(run_dir: Path | None) -> bool:
+    """Whether a stage's run directory holds the model later stages load from it."""
+    return run_dir is not None and any(
+        (run_dir / name).is_file() for name in ("model.safetensors", "model.satc")
+    )
 
 
 def _schedule(
@@ -277,7 +356,7 @@ def _submit_ready(
     that were ready all along (otherwise every stage without inputs, the long trainings,
     would queue up first).
     """
-    finished = {n for n, o in run.outcomes.items() if o in ("ran", "resumed", "reused")}
+    finished = {n for n, o in run.outcomes.items() if o in FINISHED}
     for name in [n for n, deps in waiting.items() if deps <= finished]:
         if pool.pending >= slots:
             return
@@ -301,7 +380,7 @@ def _report(
 ) -> None:
     if progress:
         count = f"[{len(run.outcomes)}/{len(run.stages)}]"
-        took = f" in {seconds:.1f} s" if outcome in ("ran", "resumed") else ""
+        took = f" in {seconds:.1f} s" if outcome in FINISHED and outcome != "reused" else ""
         error = f": {run.errors[stage.spec.name]}" if stage.spec.name in run.errors else ""
         print(f"{count} {stage.spec.name} ({stage.spec.kind}): {outcome}{took}{error}",
               flush=True)  # fmt: skip
@@ -353,19 +432,23 @@ def run_stage(job: StageJob) -> dict[str, Any]:
             log.info("%s: another process runs it; waiting", job.name)
             study.wait(job.key)
             claim = study.claim(job.key, job.kind, job.spec, job.input_key)
-        if claim.state == "done":
-            return {"outcome": "reused", "seconds": 0.0, "key": job.key}
         run_dir = study.run_dir(job.kind, job.key)
-        resume = claim.resume and _can_resume(job.kind, run_dir)
+        rebuild = claim.state == "done" and job.rebuild and not has_model(run_dir)
+        if claim.state == "done" and not rebuild:
+            return {"outcome": "reused", "seconds": 0.0, "key": job.key}
+        # a rebuild resumes its own interrupted attempt; the stage stays finished meanwhile
+        resume = (claim.resume or rebuild) and _can_resume(job.kind, run_dir)
         if job.progress:  # printed where it runs: this process or a worker's
-            print(f"{job.name} ({job.kind}): {'resuming' if resume else 'started'}", flush=True)
+            state = "resuming" if resume else "rebuilding its files" if rebuild else "started"
+            print(f"{job.name} ({job.kind}): {state}", flush=True)
         if not resume and job.kind != "baic":
             shutil.rmtree(run_dir, ignore_errors=True)
         with study.heartbeat(job.key):
             try:
                 result = _execute(job, run_dir, resume)
             except BaseException as err:
-                if not isinstance(err, KeyboardInterrupt):  # interrupted: resumed next time
+                # interrupted: resumed next time; a failed rebuild keeps its record
+                if not isinstance(err, KeyboardInterrupt) and not rebuild:
                     study.fail(job.key, err)
                 raise
         seconds = round(time.perf_counter() - started, 2)
@@ -373,11 +456,12 @@ def run_stage(job: StageJob) -> dict[str, Any]:
         try:
             study.finish(job.key, record, card_hash=card_hash(result.card),
                          details=_details(result.details), seconds=seconds,
-                         resumed=resume)  # fmt: skip
+                         resumed=resume and not rebuild)  # fmt: skip
         except ValueError as err:  # a record that breaks the schema
             study.fail(job.key, err)
             raise
-        return {"outcome": "resumed" if resume else "ran", "seconds": seconds, "key": job.key}
+        outcome = "rebuilt" if rebuild else "resumed" if resume else "ran"
+        return {"outcome": outcome, "seconds": seconds, "key": job.key}
     finally:
         study.close()
 

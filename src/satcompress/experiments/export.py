@@ -7,17 +7,22 @@ list in the benchmarks' format, each tagged with the experiment, preset and stag
 any benchmark's records. What the report reads from a stage besides its record goes along:
 a ``vit_layers`` stage's analysis lands on the record of the model it measured, a ``baic``
 stage's candidates on its own record.
+
+:func:`adopt_records` goes the other way: a study that lost its run directories (a new
+machine, a cleaned cache) takes committed records back as finished stages, so rerunning the
+experiment runs only what is missing (and remakes the models those stages start from).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from satcompress.experiments.study import StageRow, Study, experiment_label
 from satcompress.utils.io import atomic_write_json, read_jsonl
 
-__all__ = ["experiment_records", "export_experiment", "stage_record"]
+__all__ = ["adopt_records", "experiment_records", "export_experiment", "stage_record"]
 
 #: What a BAIC stage's record carries of its search's summary (the stage's ``details``): what
 #: the report reads (budget, input model, baselines, trajectory), not the run's paths.
@@ -54,11 +59,14 @@ def experiment_records(study: Study, experiment: str, preset: str) -> list[dict[
         if row.record is not None
     }
     by_key = {row.key: name for name, row in done.items() if name in records}
-    for row in done.values():
+    for name, row in done.items():
         if row.kind == "vit_layers" and isinstance(row.details, dict):
             measured = by_key.get(row.input_key or "")
             if measured is not None:
                 records[measured].setdefault("vit_layers", row.details)
+                records[measured]["experiment"].setdefault("analyses", []).append(
+                    {"stage": name, "kind": row.kind, "key": row.key, "seconds": row.seconds}
+                )
     return list(records.values())
 
 
@@ -78,6 +86,44 @@ def export_experiment(
     records = experiment_records(study, experiment, preset)
     atomic_write_json(path, records)
     return path, len(records)
+
+
+def adopt_records(
+    study: Study, records: Iterable[Mapping[str, Any]], keys: Collection[str], source: str = ""
+) -> list[str]:
+    """Take exported stage records (:func:`experiment_records`') as the study's finished stages.
+
+    Only records whose stage key is in ``keys`` (an experiment's planned stages) are taken:
+    a record of other settings, data or inputs has another key and is left alone. Stages the
+    study holds finished already are kept.
+
+    Args:
+        study: The study.
+        records: Records of results files; those without an ``experiment`` block are skipped.
+        keys: The stage keys to take.
+        source: The file they came from (kept with each stage).
+
+    Returns:
+        The keys taken.
+    """
+    taken = []
+    for record in records:
+        tag = record.get("experiment")
+        if not isinstance(tag, Mapping):
+            continue
+        if tag.get("key") in keys:
+            own = {k: v for k, v in record.items() if k not in ("id", "experiment", "vit_layers")}
+            details = own.get("baic") if tag.get("kind") == "baic" else None
+            if study.adopt(tag["key"], tag["kind"], own, details=details,
+                           seconds=tag.get("seconds"), source=source):  # fmt: skip
+                taken.append(tag["key"])
+        for analysis in tag.get("analyses") or ():
+            if analysis.get("key") in keys and study.adopt(
+                analysis["key"], analysis["kind"], None, details=record.get("vit_layers"),
+                seconds=analysis.get("seconds"), input_key=tag.get("key"), source=source,
+            ):  # fmt: skip
+                taken.append(analysis["key"])
+    return taken
 
 
 def stage_record(row: StageRow) -> dict[str, Any] | None:

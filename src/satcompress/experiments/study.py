@@ -379,6 +379,55 @@ class Study:
             if record is not None:
                 self._put_record(db, STAGE_SOURCE, key, key, record)
 
+    def adopt(
+        self,
+        key: str,
+        kind: str,
+        record: Mapping[str, Any] | None,
+        *,
+        details: Any = None,
+        seconds: float | None = None,
+        input_key: str | None = None,
+        source: str = "",
+    ) -> bool:
+        """Count a stage finished elsewhere (its exported record) as finished here.
+
+        Its run directory stays empty: nothing reads it unless a stage still to run starts
+        from its model, and then the experiment runs it again (its files only: it stays
+        finished, its record replaced when the rerun finishes).
+
+        Args:
+            key: The stage key the record was exported under.
+            kind: The stage.
+            record: Its record (None for a stage that measures nothing).
+            details: What else it returned (JSON-ready).
+            seconds: Its stage time where it ran.
+            input_key: The key of the stage it started from (an analysis: what it measured).
+            source: Where the record came from (stored as the stage's spec).
+
+        Returns:
+            False if the study holds that stage finished already (nothing changes).
+
+        Raises:
+            ValueError: If the record breaks the record schema.
+        """
+        row = self.get(key)
+        if row is not None and row.status == "done":
+            return False
+        if row is not None and row.status == "running" and self.alive(row):
+            return False
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO stages (key, kind, status, run_dir, spec, input_key, attempts) "
+                "VALUES (?, ?, 'running', ?, ?, ?, 0) ON CONFLICT (key) DO UPDATE SET "
+                "status = 'running', spec = excluded.spec, input_key = excluded.input_key, "
+                "started = NULL, heartbeat = NULL",
+                (key, kind, self._relative(self.run_dir(kind, key)),
+                 json.dumps({"adopted_from": source}), input_key),
+            )  # fmt: skip
+        self.finish(key, record, details=details, seconds=seconds)
+        return True
+
     def fail(self, key: str, error: BaseException | str) -> None:
         """Mark a claimed stage failed (rerunning the experiment retries it)."""
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
