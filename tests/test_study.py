@@ -663,6 +663,24 @@ def test_a_new_study_takes_committed_records_and_runs_only_what_is_missing(
     assert "no results file matches" in capsys.readouterr().err
 
 
+def test_export_is_written_as_each_stage_finishes(eurosat_root, tmp_path, monkeypatch):
+    config, out = _write(tmp_path / "tiny.yaml", eurosat_root), tmp_path / "results"
+    seen, real = [], execute.STAGE_RUNNERS["prune"]
+
+    def prune(job, *args):  # what a session killed now would have left
+        seen.append(json.loads((out / "tiny@cpu.json").read_text()))
+        return real(job, *args)
+
+    monkeypatch.setitem(execute.STAGE_RUNNERS, "prune", prune)
+    run = ["experiment", "run", str(config), "--study", str(tmp_path / "s"), "--export", str(out)]
+    assert main(run) == 0
+    assert [[r["id"] for r in records] for records in seen] == [["tiny/base"]]
+    assert [r["id"] for r in json.loads((out / "tiny@cpu.json").read_text())] == [
+        "tiny/base",
+        "tiny/pruned",
+    ]
+
+
 def test_a_failed_rebuild_keeps_the_finished_stage(first_run, tmp_path, monkeypatch):
     config, folder, _ = first_run
     records = experiment_records(Study(folder), "tiny", "cpu")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from satcompress.experiments.plan import PlannedStage
     from satcompress.experiments.spec import Experiment
     from satcompress.experiments.study import StageRow, Study
 
@@ -56,8 +57,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--mlflow", metavar="URI", help="also log each stage as an MLflow run")
     run.add_argument(
         "--export", type=Path, metavar="DIR",
-        help="then write the experiment's records to DIR/<name>@<preset>.json (as `study "
-        "export` does), also after a failed or interrupted run",
+        help="write the experiment's records to DIR/<name>@<preset>.json (as `study export` "
+        "does) after each stage that finishes, and at the end of a failed or interrupted run",
     )  # fmt: skip
     run.add_argument(
         "--records-from", nargs="+", default=[], metavar="FILE",
@@ -137,10 +138,17 @@ def _run_one(args: argparse.Namespace, study: Study, experiment: Experiment) -> 
         from satcompress.experiments.tracking import MlflowTracker
 
         tracker = MlflowTracker(args.mlflow, experiment.name, study)
+
+    def on_stage(stage: PlannedStage, outcome: str, seconds: float) -> None:
+        if tracker is not None:
+            tracker(stage, outcome, seconds)
+        if outcome in ("ran", "resumed", "rebuilt"):  # a killed session loses no record
+            _export_run(args.export, study, experiment.name, experiment.preset, quiet=True)
+
     try:
         result = run_experiment(
             experiment, study, workers=args.workers, executor=args.executor,
-            ray_address=args.ray_address, on_stage=tracker, records_from=args.records_from,
+            ray_address=args.ray_address, on_stage=on_stage, records_from=args.records_from,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted; finished stages are saved in the study: rerun the same command "
@@ -156,7 +164,9 @@ def _run_one(args: argparse.Namespace, study: Study, experiment: Experiment) -> 
     return 0 if result.ok else 1
 
 
-def _export_run(out: Path | None, study: Study, name: str, preset: str) -> None:
+def _export_run(
+    out: Path | None, study: Study, name: str, preset: str, quiet: bool = False
+) -> None:
     """Write the stages of the run that finished to ``out`` (nothing when ``out`` is None)."""
     if out is None:
         return
@@ -167,7 +177,8 @@ def _export_run(out: Path | None, study: Study, name: str, preset: str) -> None:
     except KeyError:  # interrupted before its stages were planned: nothing is bound yet
         print(f"--export: no stage of {name} had been planned; nothing written", file=sys.stderr)
         return
-    print(f"{path}: {count} records")
+    if not quiet:
+        print(f"{path}: {count} records")
 
 
 def cmd_study_import(args: argparse.Namespace) -> int:

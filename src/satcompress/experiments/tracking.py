@@ -44,8 +44,8 @@ class MlflowTracker:
             raise ConfigError(f"--mlflow {uri}: {err}") from err
 
     def __call__(self, stage: PlannedStage, outcome: str, seconds: float) -> None:
-        """Log a stage that ran (or resumed) in this run; reused ones were logged then."""
-        if outcome not in ("ran", "resumed") or stage.key is None:
+        """Log a stage that ran (resumed, rebuilt) in this run; reused ones were logged then."""
+        if outcome not in ("ran", "resumed", "rebuilt") or stage.key is None:
             return
         row = self.study.get(stage.key)
         record = (row.record if row else None) or {}
