@@ -638,6 +638,10 @@ def test_a_new_study_takes_committed_records_and_runs_only_what_is_missing(
         capsys.readouterr().out
     )
     assert json.loads((out / "tiny@cpu.json").read_text()) == list(committed.values())
+    assert main(["study", "show", "--study", str(new)]) == 0
+    assert "2 of them taken from records (--records-from), without files" in (
+        capsys.readouterr().out
+    )
 
     changed = Path(shutil.copy(config, tmp_path / "tiny.yaml"))  # the prune changes ...
     changed.write_text(changed.read_text().replace("ratio: 0.5", "ratio: 0.4"))

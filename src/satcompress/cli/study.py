@@ -207,6 +207,9 @@ def cmd_study_show(args: argparse.Namespace) -> int:
             if rows:
                 kinds = ", ".join(sorted({s.kind for s in rows}))
                 print(f"{len(rows)} stage{'s' * (len(rows) != 1)} {state} ({kinds})")
+        taken = [s for s in stages if s.status == "done" and _without_files(s)]
+        if taken:
+            print(f"  {len(taken)} of them taken from records (--records-from), without files")
         for name, preset in study.experiments():
             done, total = study.progress(name, preset)
             state = "complete" if done == total else "incomplete"
@@ -215,6 +218,13 @@ def cmd_study_show(args: argparse.Namespace) -> int:
         for source, count in sorted(study.sources().items()):
             print(f"{count} records from {source}")
     return 0
+
+
+def _without_files(row: StageRow) -> bool:
+    """Whether a finished stage came from records and holds no model (none was remade)."""
+    from satcompress.experiments.execute import has_model
+
+    return "adopted_from" in row.spec and not has_model(row.run_dir)
 
 
 def _stage_state(study: Study, row: StageRow) -> str:
