@@ -304,6 +304,48 @@ def test_mistakes_name_the_file_and_line(tmp_path, change, line, message):
     assert str(err.value).startswith(f"{path}:{line}:")
 
 
+@pytest.mark.parametrize(
+    ("model", "prune", "message"),
+    [
+        (
+            "vit_tiny_patch16, model_kwargs: {{img_size: 32}}",
+            "ratio: 0.75",
+            "head ratio 0.75 would remove all 3 heads of blocks.0.attn",
+        ),  # fmt: skip
+        (
+            "clip_vit_b32, model_kwargs: {{image_size: 64}}",
+            "ratio: 0.25, head_ratio: 0.95",
+            "would remove all 12 heads of visual.transformer.resblocks.0.attn",
+        ),  # fmt: skip
+        ("vit_tiny_patch16, model_kwargs: {{img_size: 32}}", "ratio: 0.75, head_ratio: 0.5", None),
+        (
+            "vit_tiny_patch16, model_kwargs: {{img_size: 32}}",
+            "ratio: 0.75, global_pruning: true",
+            None,
+        ),  # fmt: skip  (weights decide: checked later)
+        ("test_cnn", "ratio: 0.9", None),
+    ],
+)
+def test_a_prune_that_would_remove_every_head_of_a_block_fails_before_anything_runs(
+    tmp_path, model, prune, message
+):
+    path = tmp_path / "heads.yaml"
+    text = TINY.replace("model: test_cnn", f"model: {model}").replace("ratio: {ratio}", prune)
+    path.write_text(text.format(data=tmp_path))
+    experiment = load_experiment(path)
+    with Study(tmp_path / "s") as study:
+        if message is None:
+            assert [s.spec.name for s in plan(experiment, study, load_data=False)] == [
+                "base",
+                "pruned",
+            ]
+            return
+        with pytest.raises(ExperimentError, match=message) as err:
+            plan(experiment, study, load_data=False)
+    assert str(err.value).startswith(f"{path}:10: stage 'pruned': head ratio")
+    assert not (tmp_path / "s" / "runs").exists()
+
+
 def test_presets_override_and_cli_validates_a_dry_run(eurosat_root, tmp_path, capsys):
     config = _write(tmp_path / "tiny.yaml", eurosat_root)
     paper = load_experiment(config, "paper")

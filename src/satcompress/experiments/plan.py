@@ -136,6 +136,7 @@ def _plan(
     for spec in experiment.stages:
         data = _stage_data(spec, experiment, study, planned, load_data, progress)
         _check_classes(spec, experiment, study)
+        _check_heads(spec, experiment, planned)
         input_ref = _ref(spec.source, planned)
         settings = {
             "config": config_view(spec.config),
@@ -185,6 +186,70 @@ def _check_classes(spec: StageSpec, experiment: Experiment, study: Study) -> Non
                 f"{spec.data.dataset} data has {len(expected)} ({known}, ...); point {field}: "
                 f"at a model trained on {spec.data.dataset}, or train one in an earlier stage"
             )
+
+
+def _check_heads(
+    spec: StageSpec, experiment: Experiment, planned: Mapping[str, PlannedStage]
+) -> None:
+    """Fail early when a structured prune would remove every head of a block.
+
+    Per-layer ranking removes ``ceil(ratio * heads)`` heads of each layer: with ViT-Ti's 3,
+    any ratio above 2/3 removes all of them. The model is built on PyTorch's meta device (no
+    weights, no memory) from the train or distill stage the prune starts from; a global
+    ranking depends on the trained weights and is checked when the stage runs.
+    """
+    config = spec.config
+    if (
+        spec.kind != "prune"
+        or not getattr(config, "structured", False)
+        or config.global_pruning
+        or config.heads <= 0
+    ):
+        return
+    model = _source_model(spec, planned)
+    if model is None:
+        return
+    from satcompress.compress.prune import whole_heads_problem
+
+    key = ("heads", model[0], json.dumps(model[1], sort_keys=True, default=str))
+    for layer, heads in _once(key, lambda: _head_counts(*model)).items():
+        problem = whole_heads_problem(layer, heads, config.heads)
+        if problem is not None:
+            raise ExperimentError(f"{experiment.path}:{spec.line}: stage {spec.name!r}: {problem}")
+
+
+def _source_model(
+    spec: StageSpec, planned: Mapping[str, PlannedStage]
+) -> tuple[str, dict[str, Any]] | None:
+    """The model name and options a stage starts from, where a train or distill stage sets them."""
+    if spec.source is None or spec.source.stage is None:
+        return None
+    stage = model_stage(spec.source.stage, planned)
+    config = {"train": stage.spec.config, "distill": stage.spec.train}.get(stage.spec.kind)
+    model = getattr(config, "model", None)
+    if not isinstance(model, str):
+        return None
+    return model, dict(getattr(config, "model_kwargs", None) or {})
+
+
+def _head_counts(name: str, kwargs: dict[str, Any]) -> dict[str, int]:
+    """Heads per attention layer of a model, built on the meta device where it can be.
+
+    Returns:
+        Heads by layer name; {} when the model cannot be built here (the stage will say why).
+    """
+    import torch
+
+    from satcompress.compress.prune import head_counts
+    from satcompress.models import create_model
+
+    for device in ("meta", "cpu"):  # some models (open_clip's) copy data while built
+        try:
+            with torch.device(device):
+                return head_counts(create_model(name, 10, **kwargs))
+        except Exception:  # noqa: BLE001, S112  (an early check only: the stage checks again)
+            continue
+    return {}
 
 
 def _loaded_classes(spec: DataSpec, study: Study) -> list[str] | None:

@@ -67,6 +67,8 @@ def clip_vit_b32(num_classes: int, pretrained: bool = False, image_size: int = 2
         with pretrained_download("clip_vit_b32"):
             clip = open_clip.create_model(_OPENCLIP_NAME, pretrained=_PRETRAINED_TAG, **kwargs)
     else:
-        with _quiet_random_init_warning():
-            clip = open_clip.create_model(_OPENCLIP_NAME, pretrained=None, **kwargs)
+        with _quiet_random_init_warning():  # on the default device (meta: no memory)
+            clip = open_clip.create_model(
+                _OPENCLIP_NAME, pretrained=None, device=torch.get_default_device(), **kwargs
+            )
     return CLIPClassifier(clip.visual, num_classes)

@@ -48,6 +48,8 @@ __all__ = [
             "layer_widths": "structured",
             "SplitMultiheadAttention": "transformers",
             "split_multihead_attention": "transformers",
+            "head_counts": "transformers",
+            "whole_heads_problem": "transformers",
             "GradualPruning": "unstructured",
             "apply_magnitude": "unstructured",
             "cubic_schedule": "unstructured",

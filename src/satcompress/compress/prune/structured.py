@@ -34,6 +34,7 @@ from satcompress.compress.prune.transformers import (
     attention_layers,
     split_multihead_attention,
     sync_attention,
+    whole_heads_problem,
 )
 from satcompress.models.pruned import quiet_tracing
 from satcompress.preprocess import InputSpec
@@ -204,13 +205,11 @@ class StructuredPruner:
     def _check_heads(self, default: float, per_layer: dict[nn.Module, float]) -> None:
         """Refuse ratios that would remove every head of a layer (local ranking rounds up)."""
         for name, module in self.attention.items():
-            ratio = per_layer.get(module.qkv, default)
-            if ratio > 0 and math.ceil(ratio * module.num_heads) >= module.num_heads:
-                raise PruningError(
-                    f"head ratio {ratio} would remove all {module.num_heads} heads of {name} "
-                    f"(heads are removed whole, rounded up): use a head ratio below "
-                    f"{(module.num_heads - 1) / module.num_heads:.3f}"
-                )
+            problem = whole_heads_problem(
+                name, module.num_heads, per_layer.get(module.qkv, default)
+            )
+            if problem is not None:
+                raise PruningError(problem)
 
     def groups(self) -> list[Group]:
         """The prunable groups, as Torch-Pruning ranks them."""

@@ -7,6 +7,7 @@ what only pruning needs: syncing shapes after heads were removed, and finding bl
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,6 +26,29 @@ from satcompress.models.attention import (  # noqa: F401  (the pruning API names
     set_attention_shape,
     split_multihead_attention,
 )
+
+
+def head_counts(model: nn.Module) -> dict[str, int]:
+    """The heads of every attention layer of ``model`` by name (``nn.MultiheadAttention`` too)."""
+    return {
+        name: int(module.num_heads)
+        for name, module in model.named_modules()
+        if is_attention(module) or isinstance(module, nn.MultiheadAttention)
+    }
+
+
+def whole_heads_problem(name: str, heads: int, ratio: float) -> str | None:
+    """Why removing ``ratio`` of a layer's ``heads`` per layer cannot work, or None if it can.
+
+    Heads are removed whole and rounded up, so a ratio of at least ``(heads - 1) / heads``
+    would remove every head of the layer.
+    """
+    if ratio > 0 and math.ceil(ratio * heads) >= heads:
+        return (
+            f"head ratio {ratio} would remove all {heads} heads of {name} (heads are removed "
+            f"whole, rounded up): use a head ratio below {(heads - 1) / heads:.3f}"
+        )
+    return None
 
 
 def sync_attention(model: nn.Module, heads: dict[nn.Module, int]) -> None:
