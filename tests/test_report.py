@@ -247,6 +247,29 @@ def test_datasets_figure_puts_each_recipe_of_two_datasets_side_by_side(tmp_path)
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["eurosat", "ucmerced"]
 
 
+def test_pruning_figure_draws_one_sweep_per_model_from_its_own_dense_model(tmp_path):
+    from satcompress.report.figures import pruning_figure
+
+    def pruned(rid, accuracy, sparsity):
+        return _record(rid, "resnet18", "eurosat", accuracy, 1_000, "artifact-fp32",
+                       {"stage": "prune", "prune": {"method": "magnitude"}},
+                       pruning={"structured": False, "sparsity": sparsity})  # fmt: skip
+
+    dense = _record("fp32", "resnet18", "eurosat", 0.95, 44_000_000, "onnx-fp32", {"stage": "fp32"})
+    sweep = [dense, pruned("s25", 0.94, 0.25), pruned("s50", 0.93, 0.5), pruned("s90", 0.92, 0.9)]
+    # another run: a better dense model and one better point, never joined in
+    other = [_record("fp32-96px", "resnet18", "eurosat", 0.97, 44_000_000, "onnx-fp32",
+                     {"stage": "fp32"}), pruned("o50", 0.96, 0.5)]  # fmt: skip
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with Study(tmp_path / "study") as study:
+        study.import_results(tmp_path / "*.json")
+    ax = pruning_figure(load_study(tmp_path / "study")).axes[0]
+    [line] = ax.get_lines()
+    assert list(line.get_xdata()) == [0.0, 25.0, 50.0, 90.0]
+    assert [round(y, 2) for y in line.get_ydata()] == [95.0, 94.0, 93.0, 92.0]
+
+
 def test_report_md_holds_the_store_numbers(report):
     text = report.markdown.read_text()
     for number in ("95.48%", "44,718,668", "95.50%", "994,728", "95.44%", "2,233,376",

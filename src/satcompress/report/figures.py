@@ -263,11 +263,8 @@ def pruning_figure(data: StudyData) -> Figure | None:
     axes = figure.subplots(1, len(kinds), squeeze=False)[0]
     colours = family_colours(pruned)
     for ax, kind in zip(axes, kinds, strict=True):
-        subset = [e for e in pruned if e.architecture == kind]
-        best = _best_by(subset, lambda e: (e.model, e.dataset, e.technique, round(e.sparsity, 3)))
-        for model, dataset, tech in sorted({k[:3] for k in best}):
-            xs = sorted(k[3] for k in best if k[:3] == (model, dataset, tech))
-            line = [best[(model, dataset, tech, x)] for x in xs]
+        for (model, dataset, tech), line in _sweeps([e for e in pruned if e.architecture == kind]):
+            xs = [e.sparsity or 0.0 for e in line]
             ys = [100 * (e.accuracy or 0) for e in line]
             dense = _dense_accuracy(data.entries, line[0])
             if dense is not None:
@@ -285,15 +282,39 @@ def pruning_figure(data: StudyData) -> Figure | None:
     return figure
 
 
+def _sweeps(pruned: list[Entry]) -> list[tuple[tuple[str, str, str], list[Entry]]]:
+    """One line per model, dataset and technique: the source (file) with the most points.
+
+    Points of different sources start from different dense models (another training run,
+    another input size) and fine-tune differently, so they are never joined into one line;
+    the source that swept the most sparsities stands for the model (the most accurate file
+    per sparsity within it).
+    """
+    by_source: dict[tuple[str, str, str], dict[str, dict[float, Entry]]] = {}
+    for e in pruned:
+        points = by_source.setdefault((e.model, e.dataset, e.technique), {})
+        point = points.setdefault(e.source, {})
+        x = round(e.sparsity or 0.0, 3)
+        if x not in point or (e.accuracy or 0) > (point[x].accuracy or 0):
+            point[x] = e
+    lines = []
+    for key in sorted(by_source):
+        points = max(by_source[key].values(), key=len)  # ties: the first source read
+        lines.append((key, [points[x] for x in sorted(points)]))
+    return lines
+
+
 def _dense_accuracy(entries: list[Entry], pruned: Entry) -> float | None:
     """The accuracy (%) of the dense model a pruned file came from: the 0% point.
 
-    Its ``base_id`` record when the study holds it, else the model's most accurate fp32 file.
+    Its ``base_id`` record when the study holds it, else the model's fp32 file from the same
+    source (an experiment's own dense stage), else the model's most accurate fp32 file.
     """
     base = pruned.record.get("base_id")
     same = [e for e in entries if e.technique == FP32 and e.model == pruned.model
             and e.dataset == pruned.dataset and e.accuracy is not None]  # fmt: skip
     own = [e.accuracy for e in same if base is not None and e.id == base]
+    own = own or [e.accuracy for e in same if e.source == pruned.source]
     found = own or [e.accuracy for e in same]
     return 100 * max(found) if found else None
 
