@@ -162,8 +162,11 @@ def run_experiment(
                                   ray_address=ray_address, progress=progress,
                                   on_stage=on_stage, records_from=records_from)  # fmt: skip
     stages = plan(experiment, study, load_data=True, progress=progress)
-    if records_from and adopt_from(study, stages, records_from, progress):
-        stages = plan(experiment, study, load_data=False)  # the same keys, new statuses
+    if records_from:
+        taken = set(adopt_from(study, stages, records_from, progress))
+        for stage in stages:
+            if stage.key in taken:
+                stage.status = "reuse"
     # bound now, so an interrupted experiment's finished stages can be exported by name
     study.bind(experiment.name, experiment.preset, {s.spec.name: s.key for s in stages if s.key})
     run = ExperimentRun(experiment, stages)

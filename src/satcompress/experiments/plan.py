@@ -233,23 +233,21 @@ def _source_model(
 
 
 def _head_counts(name: str, kwargs: dict[str, Any]) -> dict[str, int]:
-    """Heads per attention layer of a model, built on the meta device where it can be.
+    """Heads per attention layer of a model built on the meta device (no weights, no memory).
 
     Returns:
-        Heads by layer name; {} when the model cannot be built here (the stage will say why).
+        Heads by layer name; {} when the model cannot be built so (the stage will say why).
     """
     import torch
 
     from satcompress.compress.prune import head_counts
     from satcompress.models import create_model
 
-    for device in ("meta", "cpu"):  # some models (open_clip's) copy data while built
-        try:
-            with torch.device(device):
-                return head_counts(create_model(name, 10, **kwargs))
-        except Exception:  # noqa: BLE001, S112  (an early check only: the stage checks again)
-            continue
-    return {}
+    try:
+        with torch.device("meta"):
+            return head_counts(create_model(name, 10, **kwargs))
+    except Exception:  # noqa: BLE001  (an early check only: the stage checks again)
+        return {}
 
 
 def _loaded_classes(spec: DataSpec, study: Study) -> list[str] | None:
