@@ -270,6 +270,28 @@ def test_pruning_figure_draws_one_sweep_per_model_from_its_own_dense_model(tmp_p
     assert [round(y, 2) for y in line.get_ydata()] == [95.0, 94.0, 93.0, 92.0]
 
 
+def test_pruning_figure_tells_datasets_apart_and_keeps_its_legend_off_the_lines(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from satcompress.report.figures import pruning_figure
+
+    def pruned(rid, dataset, accuracy):
+        return _record(rid, "resnet18", dataset, accuracy, 1_000, "artifact-fp32",
+                       {"stage": "prune", "prune": {"method": "l1"}},
+                       pruning={"structured": True, "sparsity": 0.5})  # fmt: skip
+
+    records = [pruned("e50", "eurosat", 0.94), pruned("u50", "ucmerced", 0.84)]
+    study = _study(tmp_path, records)
+    ax = pruning_figure(load_study(study)).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    euro, ucm = lines["resnet18 (eurosat) structured"], lines["resnet18 (ucmerced) structured"]
+    assert to_rgba(euro.get_markerfacecolor()) == to_rgba(euro.get_color())
+    assert to_rgba(ucm.get_markerfacecolor()) == to_rgba("white")
+    # the legend hangs below the panel, where it hides no line
+    legend = ax.get_legend()
+    assert legend.get_bbox_to_anchor().transformed(ax.transAxes.inverted()).y1 < 0
+
+
 def test_report_md_holds_the_store_numbers(report):
     text = report.markdown.read_text()
     for number in ("95.48%", "44,718,668", "95.50%", "994,728", "95.44%", "2,233,376",

@@ -259,9 +259,11 @@ def pruning_figure(data: StudyData) -> Figure | None:
     if not pruned:
         return None
     kinds = [k for k in ("CNN", "transformer") if any(e.architecture == k for e in pruned)]
-    figure = new_figure(5.8 * len(kinds) + 0.4, 4.4)
+    figure = new_figure(5.8 * len(kinds) + 0.4, 5.6)
     axes = figure.subplots(1, len(kinds), squeeze=False)[0]
     colours = family_colours(pruned)
+    # the first dataset (alphabetically) has filled markers, any other hollow ones
+    first = min(e.dataset for e in pruned)
     for ax, kind in zip(axes, kinds, strict=True):
         for (model, dataset, tech), line in _sweeps([e for e in pruned if e.architecture == kind]):
             xs = [e.sparsity or 0.0 for e in line]
@@ -272,13 +274,15 @@ def pruning_figure(data: StudyData) -> Figure | None:
             short = "structured" if tech == PRUNE_STRUCTURED else "unstructured"
             ax.plot([100 * x for x in xs], ys, marker=MARKERS[tech], color=colours[model],
                     ls="-" if tech == PRUNE_STRUCTURED else "--",
+                    mfc=colours[model] if dataset == first else "white",
                     label=f"{model} ({dataset}) {short}")  # fmt: skip
         ax.set_xlabel("weights removed or zeroed (%)")
         ax.set_ylabel("test accuracy (%)")
         min_span(ax)
         ax.set_title(f"{kind}: structured vs unstructured pruning", fontsize=10)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
+        # below the panel: inside it, the legend hid whole sweeps
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2)
     return figure
 
 
