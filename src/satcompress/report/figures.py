@@ -163,6 +163,9 @@ def _annotate_baic(ax: Any, chosen: list[Entry]) -> None:
             textcoords="offset points",
             fontsize=8,
             arrowprops={"arrowstyle": "-", "color": "0.4"},
+            # boxed above the markers: a label lands among other files' stars and points
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "0.6", "alpha": 0.85},
+            zorder=5,
         )
 
 
