@@ -297,13 +297,11 @@ def _sweeps(pruned: list[Entry]) -> list[tuple[tuple[str, str, str], list[Entry]
     the source that swept the most sparsities stands for the model (the most accurate file
     per sparsity within it).
     """
+    best = _best_by(pruned, lambda e: (e.model, e.dataset, e.technique, e.source,
+                                       round(e.sparsity or 0.0, 3)))  # fmt: skip
     by_source: dict[tuple[str, str, str], dict[str, dict[float, Entry]]] = {}
-    for e in pruned:
-        points = by_source.setdefault((e.model, e.dataset, e.technique), {})
-        point = points.setdefault(e.source, {})
-        x = round(e.sparsity or 0.0, 3)
-        if x not in point or (e.accuracy or 0) > (point[x].accuracy or 0):
-            point[x] = e
+    for (model, dataset, tech, source, x), e in best.items():
+        by_source.setdefault((model, dataset, tech), {}).setdefault(source, {})[x] = e
     lines = []
     for key in sorted(by_source):
         points = max(by_source[key].values(), key=len)  # ties: the first source read
