@@ -8,7 +8,14 @@ Example:
 
 from typing import TYPE_CHECKING, Any
 
-from .datasets import SceneDataset, Split, dataset_classes, list_datasets, load_dataset
+from .datasets import (
+    SceneDataset,
+    Split,
+    dataset_classes,
+    default_image_size,
+    list_datasets,
+    load_dataset,
+)
 from .download import download_url
 from .errors import DatasetError
 
@@ -18,6 +25,7 @@ __all__ = [
     "SceneDataset",
     "Split",
     "dataset_classes",
+    "default_image_size",
     "download_url",
     "list_datasets",
     "load_dataset",

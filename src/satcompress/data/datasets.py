@@ -292,6 +292,18 @@ def dataset_classes(name: str) -> tuple[str, ...] | None:
     return tuple(sorted(classes)) if classes else None
 
 
+def default_image_size(name: str) -> tuple[int, int] | None:
+    """The ``(height, width)`` a named dataset loads at by default.
+
+    Returns:
+        The size, or None for an unknown name or an image folder (whose size is its images').
+    """
+    try:
+        return _get_spec(name).default_size
+    except DatasetError:
+        return None
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike,

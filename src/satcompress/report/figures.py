@@ -335,8 +335,12 @@ def _bits_label(technique: str, bits: int | None) -> str:
 
 
 def datasets_figure(data: StudyData) -> Figure | None:
-    """The same recipes (model, technique, bits) on each dataset: grouped bars."""
-    points = [e for e in data.entries if e.plottable]
+    """The same recipes (model, technique, bits) on each dataset: grouped bars.
+
+    Each dataset's bars come from the records at its most common input size (the study's
+    setting), so an ablation at a larger input never stands for the recipe.
+    """
+    points = _at_main_input_size([e for e in data.entries if e.plottable])
     best = _best_by(points, lambda e: (e.model, e.technique, e.bits, e.dataset))
     names = datasets(points)
     recipes = sorted({k[:3] for k in best if sum(k[:3] + (d,) in best for d in names) >= 2},
@@ -359,10 +363,31 @@ def datasets_figure(data: StudyData) -> Figure | None:
     ax.set_ylabel("test accuracy (%)")
     low = min(100 * (e.accuracy or 0) for k, e in best.items() if k[:3] in recipes)
     ax.set_ylim(max(0.0, low - 10), 101)
-    ax.set_title("The same recipes on each dataset (best file per recipe)", fontsize=10)
+    sizes = ", ".join(f"{d} {_side(points, d)} px" for d in names)
+    ax.set_title(f"The same recipes on each dataset (best file per recipe; {sizes})", fontsize=10)
     figure.legend(fontsize=8, loc="outside lower center", ncols=len(names))
     ax.grid(True, axis="y", alpha=0.3)
     return figure
+
+
+def _at_main_input_size(entries: list[Entry]) -> list[Entry]:
+    """The entries at their dataset's most common input size."""
+    counts: dict[tuple[str, Any], int] = {}
+    for e in entries:
+        counts[e.dataset, e.input_size] = counts.get((e.dataset, e.input_size), 0) + 1
+    main: dict[str, Any] = {}
+    for (dataset, size), count in counts.items():  # the first of equal counts wins
+        if dataset not in main or count > counts[dataset, main[dataset]]:
+            main[dataset] = size
+    return [e for e in entries if e.input_size == main[e.dataset]]
+
+
+def _side(entries: list[Entry], dataset: str) -> str:
+    """``64`` for a square input, ``64x96`` otherwise, ``?`` if unknown."""
+    size = next((e.input_size for e in entries if e.dataset == dataset), None)
+    if not size:
+        return "?"
+    return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
 
 
 # -- ViT layer importance ---------------------------------------------------------------------

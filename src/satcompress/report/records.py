@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from satcompress.data import default_image_size
 from satcompress.experiments.export import stage_record
 from satcompress.experiments.study import STAGE_SOURCE, Study, experiment_label
 
@@ -334,6 +335,15 @@ class Entry:
         """Median latency in ms at ``bs1`` or ``bs64``."""
         values = self.record.get("latency_ms")
         return _number(values.get(batch)) if isinstance(values, dict) else None
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The model's input ``(height, width)``: the record's, else its dataset's default."""
+        given = self.record.get("input")
+        size = given.get("size") if isinstance(given, dict) else None
+        if isinstance(size, list | tuple) and len(size) == 2:
+            return int(size[0]), int(size[1])
+        return default_image_size(self.dataset)
 
     @property
     def cpu(self) -> dict[str, Any]:
