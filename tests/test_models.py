@@ -130,6 +130,20 @@ def test_resnet9_stem_pool_and_logit_scale() -> None:
         create_model("resnet9", 3, logit_scale=0.0)
 
 
+def test_every_fixed_size_model_takes_its_size_keyword() -> None:
+    """The registry's size keyword is a parameter of the builder: a model built at 64 px is
+    trained and exported at 64 px, not at its default side."""
+    import inspect
+
+    from satcompress.models.registry import _REGISTRY
+
+    fixed = {name: e for name, e in _REGISTRY.items() if e.info.default_image_size is not None}
+    assert {"clip_vit_b32", "vit_tiny_patch16", "test_vit"} <= set(fixed)
+    for name, entry in fixed.items():
+        assert entry.info.size_kwarg in inspect.signature(entry.builder).parameters, name
+        assert entry.info.input_side({entry.info.size_kwarg: 64}) == 64
+
+
 def test_vit_patch_size_and_img_size_overrides() -> None:
     model = create_model("test_vit", 2, img_size=64, patch_size=16)
     assert model.patch_embed.proj.kernel_size == (16, 16)

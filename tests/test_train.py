@@ -178,6 +178,22 @@ def test_input_spec_resolution(dataset, tmp_path):
     assert resolve_input_spec(vit, dataset).size is not None
 
 
+@pytest.mark.parametrize(
+    ("model", "kwargs", "side"),
+    [
+        ("vit_tiny_patch16", {"img_size": 64, "patch_size": 16}, 64),
+        ("clip_vit_b32", {"image_size": 64}, 64),  # CLIP names its size image_size
+        ("clip_vit_b32", {}, 224),
+        ("resnet18", {}, None),  # any size: the data's
+    ],
+)
+def test_input_spec_takes_the_side_from_the_models_own_size_keyword(
+    dataset, tmp_path, model, kwargs, side
+):
+    config = _config(tmp_path, model=model, model_kwargs=kwargs)
+    assert resolve_input_spec(config, dataset).size == (side and (side, side))
+
+
 def test_command_line_key_values_parse_numbers_yaml_leaves_strings():
     from satcompress.cli import build_parser, train_config_from_args
 

@@ -51,7 +51,13 @@ def _quiet_random_init_warning() -> Iterator[None]:
         root.removeFilter(keep)
 
 
-@register_model("clip_vit_b32", family="clip", image_size=224, pretrained_mean_std=CLIP_MEAN_STD)
+@register_model(
+    "clip_vit_b32",
+    family="clip",
+    image_size=224,
+    pretrained_mean_std=CLIP_MEAN_STD,
+    size_kwarg="image_size",
+)
 def clip_vit_b32(num_classes: int, pretrained: bool = False, image_size: int = 224) -> nn.Module:
     """CLIP ViT-B/32 image tower (88M params) + linear head; pretrained = OpenAI weights.
 

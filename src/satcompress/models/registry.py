@@ -12,7 +12,7 @@ import difflib
 import fnmatch
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -57,6 +57,8 @@ class ModelInfo:
         pretrained_mean: Per-channel mean of the pretrained weights' input normalisation.
         pretrained_std: Per-channel std of the pretrained weights' input normalisation.
         description: One line about the model.
+        size_kwarg: The builder's keyword for the input side (``img_size`` for timm ViTs,
+            ``image_size`` for CLIP).
     """
 
     name: str
@@ -65,6 +67,18 @@ class ModelInfo:
     pretrained_mean: tuple[float, float, float]
     pretrained_std: tuple[float, float, float]
     description: str
+    size_kwarg: str = "img_size"
+
+    def input_side(self, model_kwargs: Mapping[str, Any] | None = None) -> int | None:
+        """The input side a model built with ``model_kwargs`` expects (None: any size).
+
+        Args:
+            model_kwargs: The builder's keyword arguments; its size keyword, if given, wins
+                over the default (``{"image_size": 64}`` builds a 64 px CLIP).
+        """
+        if self.default_image_size is None:
+            return None
+        return (model_kwargs or {}).get(self.size_kwarg, self.default_image_size)
 
 
 class UnknownModelError(ValueError, KeyError):
@@ -92,6 +106,7 @@ def register_model(
     pretrained_mean_std: MeanStd = IMAGENET_MEAN_STD,
     family: Family = "cnn",
     description: str | None = None,
+    size_kwarg: str = "img_size",
 ) -> Callable[[_B], _B]:
     """Decorator registering a builder ``fn(num_classes, pretrained=False, **kw) -> nn.Module``.
 
@@ -103,6 +118,7 @@ def register_model(
         pretrained_mean_std: ``(mean, std)`` that the pretrained weights expect.
         family: ``"cnn"``, ``"vit"``, ``"clip"`` or ``"test"``.
         description: One line; defaults to the first line of the builder's docstring.
+        size_kwarg: The builder's keyword for the input side, if it has one.
 
     Returns:
         The decorator, which returns the builder unchanged.
@@ -121,7 +137,7 @@ def register_model(
             raise ValueError(f"Model name {key!r} is already registered")
         mean, std = pretrained_mean_std
         doc = description or (inspect.getdoc(fn) or key).splitlines()[0]
-        info = ModelInfo(key, family, image_size, tuple(mean), tuple(std), doc)
+        info = ModelInfo(key, family, image_size, tuple(mean), tuple(std), doc, size_kwarg)
         _REGISTRY[key] = _Entry(fn, info)
         return fn
 

@@ -164,8 +164,8 @@ def resolve_input_spec(config: TrainConfig, dataset: SceneDataset) -> InputSpec:
         mean, std = dataset.channel_stats()
         mean, std = tuple(round(v, 6) for v in mean), tuple(round(v, 6) for v in std)
     size = config.input_size
-    if size is None and info is not None and info.default_image_size is not None:
-        size = config.model_kwargs.get("img_size", info.default_image_size)
+    if size is None and info is not None:
+        size = info.input_side(config.model_kwargs)
     return InputSpec(size=size, mean=mean, std=std)
 
 

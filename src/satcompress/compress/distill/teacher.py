@@ -189,10 +189,9 @@ def _default_spec(
     name = name or card.get("model")
     if "input" in card or not name or name.startswith("timm/") or not _is_model_name(name):
         return None
-    size = model_info(name).default_image_size
+    size = model_info(name).input_side({**card.get("model_kwargs", {}), **(model_kwargs or {})})
     if size is None:
         return None
-    size = {**card.get("model_kwargs", {}), **(model_kwargs or {})}.get("img_size", size)
     mean_std = {k: tuple(card[k]) for k in ("mean", "std") if k in card}
     return InputSpec(size=size, **mean_std)
 
