@@ -450,6 +450,37 @@ def test_onnx_export_matches_torch(name: str, side: int, tmp_path: Path) -> None
     assert torch.allclose(torch.from_numpy(got), want, atol=1e-4, rtol=1e-4)
 
 
+class _AttentionNet(nn.Module):
+    """Patches, ``nn.MultiheadAttention`` (as in the CLIP tower), a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(3, 16, 8, stride=8)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(x).flatten(2).transpose(1, 2)
+        return self.head(self.attn(tokens, tokens, tokens, need_weights=False)[0].mean(1))
+
+
+def test_deployable_export_of_multihead_attention_runs_in_onnx_runtime(tmp_path: Path) -> None:
+    from satcompress.models.deployable import export_onnx
+    from satcompress.preprocess import InputSpec
+
+    ort = pytest.importorskip("onnxruntime")
+    model = _AttentionNet().eval()
+    spec = InputSpec(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    path = export_onnx(model, spec, (32, 32), tmp_path / "attn.onnx")
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"image": images.numpy()})
+    with torch.no_grad():
+        want = model((images.float() / 255 - 0.5) / 0.25)
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_dynamo_onnx_export_of_dynamic_size_vit(tmp_path: Path) -> None:
     # The TorchScript exporter (dynamo=False) bakes the position-embedding resampling of
