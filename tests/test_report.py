@@ -270,6 +270,44 @@ def test_datasets_figure_compares_each_dataset_at_its_main_input_size(tmp_path):
     assert "eurosat 64 px, ucmerced 128 px" in ax.get_title()
 
 
+def test_layer_importance_figure_has_a_panel_per_analysed_transformer(tmp_path):
+    from satcompress.report.figures import vit_figure
+
+    by_id = {r["id"]: r for r in _records()}
+    blocks = [
+        {
+            "block": i,
+            "removed_accuracy": 0.5,
+            "removed_drop": 0.1 * (i + 1),
+            "heads": 12,
+            "heads_left": 6,
+            "heads_accuracy": 0.6,
+            "heads_drop": 0.02,
+        }
+        for i in range(4)
+    ]
+    clip = _record(
+        "clip",
+        "clip_vit_b32",
+        "eurosat",
+        0.7,
+        351_688_720,
+        "onnx-fp32",
+        {"stage": "train"},
+        vit_layers={"baseline_accuracy": 0.7, "blocks": blocks},
+    )
+    again = dict(by_id["vit"], id="vit-again")  # the same model's result twice: one panel
+    figure = vit_figure(load_study(_study(tmp_path, [by_id["vit"], again, clip])))
+    titles = [ax.get_title() for ax in figure.axes]
+    assert len(titles) == 2
+    assert "vit_tiny_patch16 (eurosat), baseline 86.0%" in titles[0]
+    assert "clip_vit_b32 (eurosat), baseline 70.0%" in titles[1]
+    heights = [round(p.get_height(), 1) for p in figure.axes[1].patches]
+    assert heights == [10.0, 20.0, 30.0, 40.0, 2.0, 2.0, 2.0, 2.0]
+    legend = [t.get_text() for t in figure.axes[1].get_legend().get_texts()]
+    assert legend == ["block removed", "heads pruned: 12 -> 6"]
+
+
 def test_pruning_figure_draws_one_sweep_per_model_from_its_own_dense_model(tmp_path):
     from satcompress.report.figures import pruning_figure
 

@@ -436,14 +436,26 @@ def vit_results(data: StudyData) -> list[tuple[str, dict[str, Any]]]:
 
 
 def vit_figure(data: StudyData) -> Figure | None:
-    """Accuracy drop per transformer block: the block removed, or its heads pruned."""
-    results = vit_results(data)
+    """Accuracy drop per transformer block, the block removed or its heads pruned.
+
+    One panel per analysed model (the ViT, the CLIP tower), from its first result.
+    """
+    first: dict[str, dict[str, Any]] = {}
+    for name, result in vit_results(data):
+        first.setdefault(name, result)
+    results = list(first.items())
     if not results:
         return None
-    name, result = results[0]
+    longest = max(len(result["blocks"]) for _, result in results)
+    figure = new_figure(max(5.0, 0.55 * longest + 2.5), 3.4 * len(results) + 0.4)
+    for ax, (name, result) in zip(figure.subplots(len(results), 1, squeeze=False)[:, 0],
+                                  results, strict=True):  # fmt: skip
+        _vit_panel(ax, name, result)
+    return figure
+
+
+def _vit_panel(ax: Any, name: str, result: dict[str, Any]) -> None:
     rows = result["blocks"]
-    figure = new_figure(max(5.0, 0.55 * len(rows) + 2.5), 3.8)
-    ax = figure.subplots()
     index = [r["block"] for r in rows]
     ax.bar([i - 0.2 for i in index], [100 * r["removed_drop"] for r in rows], 0.4,
            label="block removed", color=STYLES["baic"][1])  # fmt: skip
@@ -455,11 +467,10 @@ def vit_figure(data: StudyData) -> Figure | None:
     ax.set_xticks(index)
     ax.set_xlabel("transformer block")
     ax.set_ylabel("accuracy drop (points)")
-    ax.set_title(f"ViT layer importance: {name}, baseline "
+    ax.set_title(f"Transformer layer importance: {name}, baseline "
                  f"{100 * result['baseline_accuracy']:.1f}%", fontsize=10)  # fmt: skip
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(True, axis="y", alpha=0.3)
-    return figure
 
 
 # -- confusion matrices -----------------------------------------------------------------------
