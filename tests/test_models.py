@@ -481,6 +481,22 @@ def test_deployable_export_of_multihead_attention_runs_in_onnx_runtime(tmp_path:
     torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-4)
 
 
+def test_multihead_attention_is_counted_like_its_split_twin() -> None:
+    # the fused inference path counted as zero: the CLIP tower's MACs once rose when pruned
+    from satcompress.models.attention import split_multihead_attention
+    from satcompress.models.stats import count_macs
+
+    model = _AttentionNet()
+    split = _AttentionNet()
+    split.load_state_dict(model.state_dict())
+    assert split_multihead_attention(split)
+    macs = count_macs(model, (32, 32))
+    attention = 16 * 16 * 3 + 16 * 16 + 2 * 16 * 16  # qkv, proj, q@k and attn@v: 16 tokens
+    assert macs == count_macs(split, (32, 32))
+    assert macs == 16 * 3 * 64 * 16 + 16 * attention + 16 * 3  # patches, attention, head
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
 @pytest.mark.slow
 def test_dynamo_onnx_export_of_dynamic_size_vit(tmp_path: Path) -> None:
     # The TorchScript exporter (dynamo=False) bakes the position-embedding resampling of

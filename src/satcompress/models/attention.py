@@ -12,6 +12,8 @@ architecture transforms, recorded with a pruned model and redone when it is rebu
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,6 +23,23 @@ from torch import nn
 
 class ArchitectureError(ValueError):
     """A model's architecture cannot be transformed or rebuilt as asked."""
+
+
+@contextlib.contextmanager
+def no_attention_fast_path() -> Iterator[None]:
+    """Turn off ``nn.MultiheadAttention``'s inference fast path inside the block.
+
+    In eval mode under ``no_grad`` the fast path computes attention with one fused
+    ``aten::_native_multi_head_attention`` call, which the ONNX exporter cannot translate and
+    ``FlopCounterMode`` counts as zero: the CLIP tower would neither export nor be counted.
+    The slow path is the same computation with ordinary ops.
+    """
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 #: Name of the transform recorded in a pruned model's architecture file.

@@ -9,11 +9,9 @@ no torch: see :mod:`satcompress.runtime`.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import onnx
 import torch
 from torch import nn
 
+from satcompress.models.attention import no_attention_fast_path
 from satcompress.preprocess import InputSpec, Preprocess
 from satcompress.utils.io import atomic_write_bytes
 
@@ -40,22 +39,6 @@ class DeployableModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a uint8 batch."""
         return self.model(self.preprocess(images))
-
-
-@contextlib.contextmanager
-def _no_attention_fast_path() -> Iterator[None]:
-    """Turn off ``nn.MultiheadAttention``'s inference fast path while exporting.
-
-    In eval mode under ``no_grad`` the fast path calls ``aten::_native_multi_head_attention``,
-    which has no ONNX symbolic: the CLIP tower (open_clip's attention is
-    ``nn.MultiheadAttention``) would not export. The slow path is the same computation.
-    """
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def export_onnx(
@@ -81,7 +64,7 @@ def export_onnx(
     dummy = torch.zeros(1, 3, *image_size, dtype=torch.uint8)
     buffer = io.BytesIO()
     was_training = model.training
-    with warnings.catch_warnings(), torch.no_grad(), _no_attention_fast_path():
+    with warnings.catch_warnings(), torch.no_grad(), no_attention_fast_path():
         warnings.simplefilter("ignore")
         # The TorchScript-based exporter writes one self-contained file in seconds; the
         # dynamo exporter splits large weights into a side file and is much slower on CPU.
