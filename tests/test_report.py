@@ -247,6 +247,14 @@ def test_datasets_figure_puts_each_recipe_of_two_datasets_side_by_side(tmp_path)
     assert [t.get_text() for t in figure.legends[0].get_texts()] == ["eurosat", "ucmerced"]
 
 
+def test_the_reports_native_sizes_are_the_data_layers():
+    from satcompress.data import default_image_size, list_datasets
+    from satcompress.report.records import NATIVE_SIZES
+
+    named = {d: default_image_size(d) for d in list_datasets() if default_image_size(d)}
+    assert NATIVE_SIZES == named
+
+
 def test_datasets_figure_compares_each_dataset_at_its_main_input_size(tmp_path):
     from satcompress.report.figures import datasets_figure
 

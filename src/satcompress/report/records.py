@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from satcompress.data import default_image_size
 from satcompress.experiments.export import stage_record
 from satcompress.experiments.study import STAGE_SOURCE, Study, experiment_label
 
@@ -44,6 +43,12 @@ NONE = "—"
 
 
 # -- classification ---------------------------------------------------------------------------
+
+
+#: The size each named dataset loads at by default (a record without an input size was made
+#: at it). The data layer's ``default_image_size`` knows these, but importing it imports torch,
+#: which the report does without; a test keeps the two the same.
+NATIVE_SIZES: dict[str, tuple[int, int]] = {"eurosat": (64, 64), "ucmerced": (256, 256)}
 
 
 def _recipe(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -343,7 +348,7 @@ class Entry:
         size = given.get("size") if isinstance(given, dict) else None
         if isinstance(size, list | tuple) and len(size) == 2:
             return int(size[0]), int(size[1])
-        return default_image_size(self.dataset)
+        return NATIVE_SIZES.get(self.dataset)
 
     @property
     def cpu(self) -> dict[str, Any]:
