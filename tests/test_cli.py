@@ -114,6 +114,20 @@ def test_limit_batches_is_a_quick_trial(eurosat_root, tmp_path):
     assert len(summary["s_per_epoch"]) == 20
 
 
+def test_bare_weights_evaluate_with_model_and_a_named_dataset(eurosat_root, tmp_path):
+    """No card beside the weights: --model names the architecture, --dataset its classes."""
+    from satcompress.models import create_model, save_weights
+
+    weights = save_weights(create_model("test_cnn", 10), tmp_path / "bare" / "w.safetensors")
+    assert not (tmp_path / "bare" / "model.json").exists()
+    data = ["--dataset", "eurosat", "--data-dir", str(eurosat_root)]
+    args = ["eval", "--checkpoint", str(weights), "--model", "test_cnn", *data,
+            "--run-dir", str(tmp_path / "e"), "--no-latency"]  # fmt: skip
+    assert main(args) == 0
+    record = json.loads((tmp_path / "e" / "record.json").read_text())
+    assert record["model"] == "test_cnn" and len(record["classes"]) == 10
+
+
 def test_python_module_entry_point(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "satcompress", "--help"], capture_output=True, text=True, check=True

@@ -33,6 +33,7 @@ from satcompress.cli.common import (
     add_data_flags,
     add_field_flag,
     add_run_flags,
+    architecture_hint,
     data_overrides,
     print_record,
     print_result,
@@ -336,7 +337,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.artifact is None:
             raise ConfigError("--verify checks a .satc file: give it with --artifact")
         verify_artifact(args, args.artifact)
-    source = load(path) if args.model is None else load_trained(path, model_name=args.model)
+    source = load(path) if args.model is None else load_trained(path, **architecture_hint(args))
     if args.mean or args.std or args.input_size:
         spec = source.input_spec
         source.input_spec = InputSpec(

@@ -125,6 +125,23 @@ def data_overrides(args: argparse.Namespace) -> Any:
     return DataOverrides.from_namespace(args)
 
 
+def architecture_hint(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``--model`` tells a loader about weights without a card.
+
+    Returns:
+        The registry name and the class count of a named ``--dataset`` (EuroSAT's 10, UC
+        Merced's 21) as loader keywords; ``{}`` without ``--model``.
+    """
+    name = getattr(args, "model", None)
+    if name is None:
+        return {}
+    from satcompress.data import dataset_classes
+
+    dataset = getattr(args, "dataset", None)
+    classes = dataset_classes(dataset) if dataset and dataset != "imagefolder" else None
+    return {"model_name": name, "num_classes": len(classes) if classes else None}
+
+
 def source_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
     """The ``--checkpoint`` model (any stage's output) and its data, classes checked.
 
@@ -134,7 +151,7 @@ def source_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
     from satcompress.pipeline import load
     from satcompress.pipeline.data import dataset_for
 
-    source = load(args.checkpoint, model_name=getattr(args, "model", None))
+    source = load(args.checkpoint, **architecture_hint(args))
     dataset = dataset_for(source.card, None, data_overrides(args), where=args.checkpoint)
     return source, dataset
 
