@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from satcompress.cli import main
@@ -126,6 +127,24 @@ def test_bare_weights_evaluate_with_model_and_a_named_dataset(eurosat_root, tmp_
     assert main(args) == 0
     record = json.loads((tmp_path / "e" / "record.json").read_text())
     assert record["model"] == "test_cnn" and len(record["classes"]) == 10
+
+
+def test_bare_weights_name_their_architecture_in_safetensors_metadata(tmp_path):
+    """As the shared model's file does: ``arch`` and ``num_classes`` in its own header."""
+    from safetensors.torch import save_file
+
+    from satcompress.checkpoint import load_trained
+    from satcompress.models import create_model
+
+    model = create_model("resnet18", 7)
+    weights = tmp_path / "w.safetensors"
+    meta = {"arch": "torchvision.models.resnet18", "num_classes": "7"}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights, metadata=meta)
+    loaded = load_trained(weights)
+    assert loaded.card["model"] == "resnet18" and loaded.card["num_classes"] == 7
+    save_file({"x": torch.zeros(1)}, tmp_path / "bare.safetensors")
+    with pytest.raises(ValueError, match="cannot tell the architecture"):
+        load_trained(tmp_path / "bare.safetensors")
 
 
 def test_python_module_entry_point(tmp_path):

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import safetensors
 from torch import nn
 
 from satcompress.card import CARD_FORMAT, is_pruned
@@ -78,7 +79,8 @@ def load_trained(
 
     The card (``model.json`` beside ``model.safetensors``, or any ``<weights>.json`` with
     ``mean``/``std``/``classes`` such as the shared model's) supplies the architecture,
-    classes and normalisation; explicit arguments override it.
+    classes and normalisation; explicit arguments override it. Without a card, a safetensors
+    file's own metadata (``arch``, ``num_classes``) can name the architecture and class count.
 
     Args:
         path: A run directory (holding ``model.safetensors``) or a weights file.
@@ -98,9 +100,15 @@ def load_trained(
     card = read_card(weights)
     if is_pruned(card):  # structurally pruned: rebuild the pruned architecture
         return load_pruned(weights, card)
-    name = model_name or card.get("model") or _name_from_arch(card)
+    meta = _file_metadata(weights)
+    name = model_name or card.get("model") or _name_from_arch(card) or _name_from_arch(meta)
     classes = card.get("classes")
-    count = num_classes or card.get("num_classes") or (len(classes) if classes else None)
+    count = (
+        num_classes
+        or card.get("num_classes")
+        or (len(classes) if classes else None)
+        or _count(meta.get("num_classes"))
+    )
     if not name or not count:
         raise ValueError(
             f"cannot tell the architecture of {weights}: pass --model NAME (or keep its "
@@ -142,6 +150,23 @@ def _spec_from_card(card: dict[str, Any]) -> InputSpec:
     if "mean" in card and "std" in card:
         return InputSpec(mean=tuple(card["mean"]), std=tuple(card["std"]))
     return InputSpec()
+
+
+def _file_metadata(weights: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (``arch``, ``num_classes``...; else empty)."""
+    if weights.suffix != ".safetensors":
+        return {}
+    with safetensors.safe_open(str(weights), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _count(value: Any) -> int | None:
+    """A positive class count from a metadata string, else None."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        return None
+    return count if count > 0 else None
 
 
 def _name_from_arch(card: dict[str, Any]) -> str | None:
