@@ -143,8 +143,10 @@ def test_bare_weights_name_their_architecture_in_safetensors_metadata(tmp_path):
     loaded = load_trained(weights)
     assert loaded.card["model"] == "resnet18" and loaded.card["num_classes"] == 7
     save_file({"x": torch.zeros(1)}, tmp_path / "bare.safetensors")
-    with pytest.raises(ValueError, match="cannot tell the architecture"):
-        load_trained(tmp_path / "bare.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    for name in ("bare.safetensors", "broken.safetensors"):  # the same clear message
+        with pytest.raises(ValueError, match="cannot tell the architecture"):
+            load_trained(tmp_path / name)
 
 
 def test_python_module_entry_point(tmp_path):

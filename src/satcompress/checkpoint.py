@@ -100,15 +100,13 @@ def load_trained(
     card = read_card(weights)
     if is_pruned(card):  # structurally pruned: rebuild the pruned architecture
         return load_pruned(weights, card)
-    meta = _file_metadata(weights)
-    name = model_name or card.get("model") or _name_from_arch(card) or _name_from_arch(meta)
+    name = model_name or card.get("model") or _name_from_arch(card)
     classes = card.get("classes")
-    count = (
-        num_classes
-        or card.get("num_classes")
-        or (len(classes) if classes else None)
-        or _count(meta.get("num_classes"))
-    )
+    count = num_classes or card.get("num_classes") or (len(classes) if classes else None)
+    if not name or not count:  # no card that says: the file's own header may
+        meta = _file_metadata(weights)
+        name = name or _name_from_arch(meta)
+        count = count or _count(meta.get("num_classes"))
     if not name or not count:
         raise ValueError(
             f"cannot tell the architecture of {weights}: pass --model NAME (or keep its "
@@ -153,11 +151,17 @@ def _spec_from_card(card: dict[str, Any]) -> InputSpec:
 
 
 def _file_metadata(weights: Path) -> dict[str, str]:
-    """The string metadata of a safetensors file (``arch``, ``num_classes``...; else empty)."""
+    """The string metadata of a safetensors file (``arch``, ``num_classes``...; else empty).
+
+    An unreadable file gives none: loading its weights reports what is wrong with it.
+    """
     if weights.suffix != ".safetensors":
         return {}
-    with safetensors.safe_open(str(weights), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safetensors.safe_open(str(weights), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (safetensors.SafetensorError, OSError):
+        return {}
 
 
 def _count(value: Any) -> int | None:
